@@ -1,0 +1,105 @@
+"""The ``stiffness-monitor`` command line.
+
+Exit codes are part of the interface scripts rely on: 0 success, 1 a runtime failure (a
+corrupt checkpoint, the engine running out of memory), 2 a usage or configuration problem
+(the config, its rules, the model factory or the probe set), always with a message that names
+the file and key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from monitor import __version__
+from monitor.checks import run_checks
+from monitor.config import load_config
+from monitor.errors import (
+    CheckpointError,
+    ConfigError,
+    EngineError,
+    ModelFactoryError,
+    MonitorError,
+    ProbeError,
+)
+from monitor.summary import format_evaluation
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+#: Bad input in what the operator configured: fix the config, then run again.
+CONFIG_ERRORS = (ConfigError, ModelFactoryError, ProbeError)
+
+log = logging.getLogger("monitor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stiffness-monitor",
+        description="Measure within-class gradient stiffness of PyTorch checkpoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate one checkpoint and print the result")
+    evaluate.add_argument("-c", "--config", required=True, help="the YAML config file")
+    evaluate.add_argument("checkpoint", help="a checkpoint file or folder")
+    evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.add_argument(
+        "--mode", choices=["class", "pair"], help="override stiffness.mode for this run"
+    )
+    evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
+
+    check = commands.add_parser("check", help="validate the config, rules, model and probe")
+    check.add_argument("-c", "--config", required=True, help="the YAML config file")
+    return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from monitor.evaluation import Evaluator, resolve_device
+
+    config = load_config(args.config)
+    overrides = {key: getattr(args, key) for key in ("mode", "device") if getattr(args, key)}
+    if overrides:
+        config = config.model_copy(
+            update={"stiffness": config.stiffness.model_copy(update=overrides)}
+        )
+    evaluator = Evaluator(config, resolve_device(config.stiffness.device))
+    evaluation = evaluator.evaluate(args.checkpoint)
+    if args.json:
+        print(json.dumps(evaluation.to_dict(), allow_nan=False))
+    else:
+        print(format_evaluation(evaluation))
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = run_checks(args.config)
+    for line in report.notes:
+        print(line)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in report.problems:
+        print(f"error: {line}", file=sys.stderr)
+    if report.problems:
+        print(f"{len(report.problems)} problem(s) found", file=sys.stderr)
+        return EXIT_USAGE
+    print("config OK")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    handlers = {"evaluate": _evaluate, "check": _check}
+    try:
+        return handlers[args.command](args)
+    except CONFIG_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CheckpointError, EngineError, MonitorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,125 @@
+"""One checkpoint in, one evaluation out: the wiring of config, loading and the engine.
+
+An ``Evaluator`` holds what stays the same from checkpoint to checkpoint (the model skeleton,
+the probe on its device, the engine options), so the daemon builds it once per run and pays
+only for reading weights and computing stiffness at each checkpoint. It computes nothing
+itself: loading lives in ``checkpoint``/``probe``, the numbers in ``stiffness``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monitor.checkpoint import LoadedCheckpoint, load_weights, read_checkpoint
+from monitor.config import MonitorConfig
+from monitor.errors import CheckpointError, EngineError
+from monitor.factory import add_import_path, build_model
+from monitor.probe import load_probe
+from monitor.stiffness import compute_stiffness
+from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.result import StiffnessResult
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks the first CUDA device when there is one; an unavailable one is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"stiffness.device is {spec!r} but no CUDA device is available")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise EngineError(
+                f"stiffness.device is {spec!r} but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise EngineError(f"stiffness.device is {spec!r} but MPS is not available")
+    return device
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A checkpoint's identity together with what the engine measured on it."""
+
+    checkpoint: str
+    format: str
+    step: int | None
+    step_source: str
+    result: StiffnessResult
+    run: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``evaluate --json`` object (DESIGN §4): identity first, then the result."""
+        return {
+            "run": self.run,
+            "step": self.step,
+            "step_source": self.step_source,
+            "checkpoint": self.checkpoint,
+            "format": self.format,
+            **self.result.to_dict(),
+        }
+
+
+class Evaluator:
+    """Evaluates checkpoints of one model family against one probe set."""
+
+    def __init__(self, config: MonitorConfig, device: torch.device | None = None) -> None:
+        self.config = config
+        self.device = device if device is not None else resolve_device(config.stiffness.device)
+        self.options = config.stiffness.engine_options()
+        add_import_path(config.base_dir)
+        self._model: torch.nn.Module | None = None
+        if config.model.factory is not None:
+            self._model = build_model(config.model.factory, config.model.kwargs)
+            self._model.to(self.device)
+        probe = load_probe(config.probe)
+        self.probe = ProbeSet(
+            inputs=probe.inputs.to(self.device),
+            targets=probe.targets.to(self.device),
+            is_train=None if probe.is_train is None else probe.is_train.to(self.device),
+            classes=probe.classes,
+            source_indices=probe.source_indices,
+            source=probe.source,
+        )
+
+    def _model_for(self, loaded: LoadedCheckpoint) -> torch.nn.Module:
+        if loaded.module is not None:
+            return loaded.module.to(self.device)
+        if self._model is None:
+            raise CheckpointError(
+                f"{loaded.path}: a {loaded.format} checkpoint holds weights only; set "
+                "model.factory in the config to build the model they belong to",
+                reason="format",
+            )
+        return load_weights(self._model, loaded, strict=self.config.checkpoint.strict)
+
+    def evaluate(self, path: str | Path, run: str | None = None) -> Evaluation:
+        """Load one checkpoint's weights and measure stiffness on the probe."""
+        started = time.perf_counter()
+        template = self._model.state_dict() if self._model is not None else None
+        loaded = read_checkpoint(path, self.config.checkpoint, template)
+        model = self._model_for(loaded)
+        loaded_at = time.perf_counter()
+        result = compute_stiffness(model, self.probe, self.options, self.device)
+        timings = {
+            **result.timings,
+            "load": loaded_at - started,
+            "engine": result.timings.get("total", 0.0),
+            "total": time.perf_counter() - started,
+        }
+        result = replace(result, timings=timings)
+        return Evaluation(
+            checkpoint=str(loaded.path),
+            format=loaded.format,
+            step=loaded.step,
+            step_source=loaded.step_source,
+            result=result,
+            run=run,
+        )

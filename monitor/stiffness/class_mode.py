@@ -1,0 +1,85 @@
+"""Class mode: the exact cosine class-stiffness matrix in time linear in N, memory O(C·P).
+
+Fort et al. 2019 (arXiv 1901.09491) define C(a,b) as the mean of cos(g_i, g_j) over pairs
+i in class a, j in class b, i ≠ j. With unit gradients u_i = g_i/|g_i| and class sums
+S_a = Σ_{i in a} u_i (n_a usable examples) that mean is (DESIGN §3):
+
+    C(a,b) = S_a·S_b / (n_a n_b)                  a ≠ b
+    C(a,a) = (|S_a|² - Σ_{i in a}|u_i|²) / (n_a (n_a - 1))
+
+Σ|u_i|² is n_a up to rounding; subtracting the computed value removes the self-pairs
+exactly rather than up to the rounding of each |u_i|. With splits, one (2C, P) tensor
+holds the held-out sums (rows 0..C-1) and the training sums (rows C..2C-1), so one
+``index_add_`` per chunk serves every pair set. Only one chunk of per-example gradients
+is alive at a time. Class mode yields cosine stiffness only: sign(g_i·g_j) is not a
+function of class sums.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monitor.stiffness.gradients import ChunkStream, ExampleStats, dot64, squared_norms64
+from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+
+
+def stiffness_from_products(
+    products: torch.Tensor,
+    self_terms: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> ClassStiffness:
+    """ClassStiffness from class-sum products (C, C) and usable counts per class (C,).
+
+    ``self_terms`` (C,) is given when rows and cols are the same example set: the diagonal
+    then loses its self-pairs, Σ_{i in a}|u_i|² from the sum and n_a from the pair count.
+    """
+    sums = products.clone()
+    counts = torch.outer(rows, cols)  # (C,) x (C,) -> (C, C) pairs per cell
+    if self_terms is not None:
+        sums.diagonal().sub_(self_terms)
+        counts.diagonal().sub_(rows)
+    return ClassStiffness.from_sums(sums.tolist(), counts.tolist())
+
+
+def class_mode(stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats) -> ModeResult:
+    """Stream the probe once, accumulating class sums of unit gradients per split."""
+    c = layout.num_classes
+    sets = 2 if layout.has_splits else 1
+    slot = layout.split * c + layout.class_index  # (N,) row of each example in the sums
+    sums: torch.Tensor | None = None  # (sets·C, P), allocated with the first chunk
+    self_terms = torch.zeros(sets * c, dtype=torch.float64)  # Σ |u_i|² per slot
+    counts = torch.zeros(sets * c, dtype=torch.int64)  # usable examples per slot
+    for chunk in stream.chunks(0, layout.size):
+        norms, usable = stats.record(chunk)
+        if sums is None:
+            sums = chunk.grads.new_zeros(sets * c, chunk.grads.shape[1])
+        keep = usable.nonzero().squeeze(1)  # (k,) local rows with a direction
+        if keep.numel():
+            scale = (1.0 / norms[keep]).to(device=chunk.grads.device, dtype=chunk.grads.dtype)
+            units = chunk.grads.index_select(0, keep.to(chunk.grads.device))  # (k, P)
+            units.mul_(scale.unsqueeze(1))  # u_i = g_i / |g_i|
+            where = slot[chunk.start : chunk.stop][keep]  # (k,)
+            sums.index_add_(0, where.to(units.device), units)  # S[slot_i] += u_i
+            self_terms.index_add_(0, where, squared_norms64(units))
+            counts.index_add_(0, where, torch.ones_like(where))
+            del units
+        del chunk
+    if sums is None:  # an empty probe never gets here: the engine rejects it
+        raise ValueError("class mode needs at least one example")
+    products = dot64(sums, sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
+    del sums
+    val, train = slice(0, c), slice(c, 2 * c)
+    cosine = stiffness_from_products(products[val, val], self_terms[val], counts[val], counts[val])
+    pair_sets: dict[str, PairSetStiffness] = {}
+    if layout.has_splits:
+        pair_sets["train-val"] = PairSetStiffness(
+            cosine=stiffness_from_products(products[train, val], None, counts[train], counts[val])
+        )
+        pair_sets["train-train"] = PairSetStiffness(
+            cosine=stiffness_from_products(
+                products[train, train], self_terms[train], counts[train], counts[train]
+            )
+        )
+    return ModeResult(cosine=cosine, pair_sets=pair_sets)

@@ -1,0 +1,144 @@
+"""``compute_stiffness``: one model, one probe set, one frozen ``StiffnessResult``.
+
+The engine is pure (DESIGN §1, STYLE): tensors in, a result out; no files, no printing, no
+logging setup. It wires the pieces: parameter selection, a per-example gradient provider
+(``FuncGradients`` today, a hook-based backend later), and class mode or pair mode, which
+only ever see ``GradientChunk``s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from monitor.errors import EngineError
+from monitor.stiffness.class_mode import class_mode
+from monitor.stiffness.func_backend import LOSSES, FuncGradients
+from monitor.stiffness.gradients import ChunkStream, ExampleStats
+from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.pair_mode import pair_mode
+from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.result import Counts, StiffnessResult
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """eval() for the call, then every submodule's own training flag back (not just the root's:
+    a trainer may keep e.g. a frozen BatchNorm in eval inside a training model)."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str) -> Iterator[None]:
+    """Allow TF32 in CUDA matmuls and cuDNN for ``tf32`` only, inside the call."""
+    if precision != "tf32":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean over ``mask``; None when empty or not finite (a NaN loss must not leak out)."""
+    if not bool(mask.any()):
+        return None
+    value = float(values[mask].mean())
+    return value if math.isfinite(value) else None
+
+
+def compute_stiffness(
+    model: nn.Module,
+    probe: ProbeSet,
+    options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen, so a shared default is safe)
+    device: torch.device | str = "cpu",
+    loss: str = "cross_entropy",
+) -> StiffnessResult:
+    """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
+
+    The model is moved to ``device`` in place (``model.to``; it stays there) and evaluated
+    in eval mode; every module's training flag is restored afterwards. Floating-point
+    inputs are cast to the parameters' dtype: float64 models are computed in float64,
+    everything else in float32 (``bf16`` runs the forward under autocast, gradients in
+    float32). Per-example losses are the cross-entropy data loss, no regulariser.
+
+    Raises ``ValueError`` for an unsupported loss and ``EngineError`` when the model does
+    not fit the probe (output shape, targets, no selected parameter, out of memory).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if probe.size == 0:
+        raise EngineError("the probe set is empty")
+    started = time.perf_counter()
+    device = torch.device(device)
+    layout = ProbeLayout.from_probe(probe)
+    with _eval_mode(model), _matmul_precision(options.precision):
+        model.to(device)
+        selection = select_parameters(model, options.include, options.exclude)
+        inputs = probe.inputs
+        if inputs.is_floating_point():
+            inputs = inputs.to(selection.dtype)
+        provider = FuncGradients(model, selection, inputs, probe.targets, device, options.precision)
+        provider.check_outputs()
+        stream = ChunkStream(provider, options.batch_size)
+        stats = ExampleStats(probe.size, options.min_grad_norm)
+        part: ModeResult
+        if options.mode == "class":
+            part = class_mode(stream, layout, stats)
+        else:
+            bytes_per_row = selection.numel * torch.finfo(selection.dtype).bits // 8
+            part = pair_mode(
+                stream,
+                layout,
+                stats,
+                probe.inputs,
+                options.distance_bins,
+                options.memory_limit,
+                bytes_per_row,
+            )
+    total = time.perf_counter() - started
+    usable, held, train = stats.usable, layout.held_out, layout.train
+    return StiffnessResult(
+        mode=options.mode,
+        classes=layout.classes,
+        probe_loss=_mean(stats.losses, held),
+        probe_accuracy=_mean(stats.correct.double(), held),
+        cosine=part.cosine,
+        sign=part.sign,
+        counts=Counts(
+            examples=probe.size,
+            per_class=layout.per_class(),
+            zero_gradient=int((~usable).sum()),
+            train_examples=int(train.sum()),
+            parameters=selection.numel,
+        ),
+        gradient_norms=stats.norm_values(),
+        precision=options.precision,
+        device=str(device),
+        pair_sets=part.pair_sets,
+        distance=part.distance,
+        train_probe_loss=_mean(stats.losses, train) if layout.has_splits else None,
+        train_probe_accuracy=_mean(stats.correct.double(), train) if layout.has_splits else None,
+        timings={
+            "total": total,
+            "gradients": stream.seconds,
+            "stiffness": max(0.0, total - stream.seconds),
+        },
+    )

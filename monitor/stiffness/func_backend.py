@@ -1,0 +1,154 @@
+"""The generic per-example gradient provider: ``torch.func`` (vmap of grad).
+
+It works for any model whose forward is a pure function of parameters, buffers and one
+example, which is why it is the first backend and stays the fallback for layers a faster
+hook-based backend does not cover (DESIGN §3). It materialises a chunk's per-example
+gradients, (b, P), so its cost grows with P; the bookkeeping never depends on that.
+
+The model must be in eval mode: BatchNorm then uses its running statistics (passed in as
+constants through ``functional_call``), so examples do not interact and vmap is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from monitor.errors import EngineError
+from monitor.stiffness.gradients import GradientChunk
+from monitor.stiffness.parameters import ParameterSelection
+
+LOSSES = ("cross_entropy",)
+
+
+def extract_logits(output: Any) -> torch.Tensor:
+    """The (B, C) logits from a model output: a tensor, ``.logits``, or element 0."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif hasattr(output, "logits"):
+        logits = output.logits
+    elif isinstance(output, tuple | list) and output:
+        logits = output[0]
+    else:
+        raise EngineError(f"model output of type {type(output).__name__} holds no logits tensor")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise EngineError(f"model output must be (batch, classes) logits, got shape {shape}")
+    return logits
+
+
+def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: run a BatchNorm in its parameters' dtype under bf16 autocast.
+
+    vmap's batch_norm rule rejects a bf16 input with fp32 weights ("expected scalar type
+    BFloat16 but found Float"); normalising in fp32 is also the more accurate choice.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    return tuple(
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+    )
+
+
+class FuncGradients:
+    """Per-example gradients of the per-example cross-entropy via ``vmap(grad_and_value)``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        selection: ParameterSelection,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
+        self.model = model
+        self.selection = selection
+        self.inputs = inputs
+        self.targets = targets
+        self._device = device
+        self.precision = precision
+        self._batched = vmap(grad_and_value(self._example_loss, has_aux=True), in_dims=(None, 0, 0))
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _example_loss(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of one example (vmap strips the batch dimension; put back a batch of one)."""
+        output = functional_call(self.model, (params, self.selection.constants), (x.unsqueeze(0),))
+        logits = extract_logits(output).to(self.selection.dtype)  # (1, C)
+        loss = F.cross_entropy(logits, y.unsqueeze(0))
+        return loss, logits.argmax(dim=1)[0] == y
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.precision != "bf16":
+            yield
+            return
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        handles = [m.register_forward_pre_hook(_cast_to_parameters) for m in norms]
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def check_outputs(self) -> int:
+        """Run one small forward; raise EngineError unless it gives logits the targets fit.
+
+        Done once up front so a wrong model fails with a message, not deep inside vmap.
+        """
+        x = self.inputs[:2].to(self.device)
+        with torch.no_grad(), self._autocast():
+            output = functional_call(
+                self.model, (self.selection.params, self.selection.constants), (x,)
+            )
+        logits = extract_logits(output)
+        if logits.shape[0] != x.shape[0]:
+            raise EngineError(
+                f"model output has {logits.shape[0]} rows for a batch of {x.shape[0]} examples"
+            )
+        outputs = int(logits.shape[1])
+        top, bottom = int(self.targets.max()), int(self.targets.min())
+        if bottom < 0:
+            raise EngineError(f"probe target {bottom} is negative; targets are class indices")
+        if top >= outputs:
+            raise EngineError(f"probe target {top} but the model has {outputs} outputs")
+        return outputs
+
+    def __call__(self, start: int, stop: int) -> GradientChunk:
+        x = self.inputs[start:stop].to(self.device)
+        y = self.targets[start:stop].to(self.device)
+        try:
+            with self._autocast():
+                grads, (losses, correct) = self._batched(self.selection.params, x, y)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the chunk stream retries with a smaller chunk
+        except RuntimeError as error:
+            raise EngineError(
+                f"torch.func could not compute per-example gradients: {error}. The model's "
+                "forward must work under torch.func.vmap (no .item() or data-dependent "
+                "control flow, no in-place updates of buffers)"
+            ) from error
+        rows = stop - start
+        dtype = self.selection.dtype
+        flat = torch.cat(  # (b, P), in selection order
+            [grads.pop(name).reshape(rows, -1).to(dtype) for name in self.selection.names], dim=1
+        )
+        return GradientChunk(
+            start=start,
+            stop=stop,
+            grads=flat,
+            losses=losses.detach().to(torch.float64).cpu(),
+            correct=correct.cpu(),
+        )

@@ -1,0 +1,165 @@
+"""The seam between per-example gradient backends and the stiffness bookkeeping.
+
+A *gradient provider* turns a contiguous range of probe examples into a ``GradientChunk``:
+their per-example gradients flattened to rows, (b, P), plus their losses and whether the
+model got them right. Class mode and pair mode only ever see chunks, so a faster backend
+(layer hooks and ghost norms, DESIGN §3) replaces ``FuncGradients`` without touching them.
+
+``ChunkStream`` runs a provider over a range in chunks of ``batch_size``, halves the chunk
+after a CUDA out-of-memory error, and times the gradient work. ``ExampleStats`` collects
+what every mode reports per example (norms, losses, correctness) and applies the zero-norm
+rule in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from monitor.errors import EngineError
+
+
+@dataclass(frozen=True, eq=False)
+class GradientChunk:
+    """Per-example results for probe examples ``start`` to ``stop`` (exclusive).
+
+    ``grads`` (b, P) lives on the compute device in float32 (float64 for float64 models);
+    ``losses`` (b,) float64 and ``correct`` (b,) bool live on the host.
+    """
+
+    start: int
+    stop: int
+    grads: torch.Tensor
+    losses: torch.Tensor
+    correct: torch.Tensor
+
+
+class GradientProvider(Protocol):
+    """Anything that computes per-example gradients for a range of probe examples."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, start: int, stop: int) -> GradientChunk: ...
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so timings measure the work, not the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory_note(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"device {device}"
+    free, total = torch.cuda.mem_get_info(device)
+    return f"device {device}: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB"
+
+
+class ChunkStream:
+    """Runs a provider over example ranges in chunks; shrinks the chunk on out-of-memory.
+
+    The shrunken chunk size sticks for the rest of the evaluation (pair mode streams the
+    probe several times), so one OOM is paid once, not at every pass.
+    """
+
+    def __init__(self, provider: GradientProvider, batch_size: int) -> None:
+        self.provider = provider
+        self.batch_size = batch_size
+        self.initial_batch_size = batch_size
+        self.seconds = 0.0
+
+    def chunks(self, start: int, stop: int) -> Iterator[GradientChunk]:
+        position = start
+        device = self.provider.device
+        while position < stop:
+            end = min(stop, position + self.batch_size)
+            began = time.perf_counter()
+            try:
+                chunk = self.provider(position, end)
+                _synchronize(device)
+            except torch.cuda.OutOfMemoryError as error:
+                self.seconds += time.perf_counter() - began
+                if end - position <= 1:
+                    raise EngineError(
+                        "out of memory computing per-example gradients even with batch size "
+                        f"1 (configured batch_size {self.initial_batch_size}; "
+                        f"{_memory_note(device)}); select fewer parameters or use a larger "
+                        "device"
+                    ) from error
+                self.batch_size = max(1, (end - position) // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            self.seconds += time.perf_counter() - began
+            position = end
+            yield chunk
+            # Drop our reference before computing the next chunk: at most one chunk's
+            # per-example gradients stay alive in class mode.
+            del chunk
+
+
+def column_blocks(rows: int, width: int, budget: int = 2**23) -> Iterator[slice]:
+    """Column slices of a (rows, width) matrix holding about ``budget`` elements each."""
+    step = max(1, budget // max(rows, 1))
+    for begin in range(0, width, step):
+        yield slice(begin, min(width, begin + step))
+
+
+def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All dot products a_i·b_j, accumulated in float64: (m, P) x (n, P) -> (m, n) on the host.
+
+    Stiffness subtracts nearly equal sums (|S_a|² - n_a), so products are accumulated in
+    float64; the cast is done in column blocks to keep the float64 copies small.
+    """
+    if a.dtype == torch.float64 and b.dtype == torch.float64:
+        return (a @ b.T).cpu()  # (m, P) @ (P, n) -> (m, n)
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    for cols in column_blocks(max(a.shape[0], b.shape[0]), a.shape[1]):
+        out += a[:, cols].double() @ b[:, cols].double().T  # (m, p) @ (p, n) -> (m, n)
+    return out.cpu()
+
+
+def squared_norms64(g: torch.Tensor) -> torch.Tensor:
+    """Row-wise |g_i|² in float64, (b, P) -> (b,) on the host."""
+    out = torch.zeros(g.shape[0], dtype=torch.float64, device=g.device)
+    for cols in column_blocks(g.shape[0], g.shape[1]):
+        out += g[:, cols].double().square().sum(dim=1)
+    return out.cpu()
+
+
+class ExampleStats:
+    """Per-example norms, losses and correctness, and the zero-norm rule.
+
+    An example whose gradient norm is at or below ``min_grad_norm`` has no direction: it is
+    left out of every pair. Non-finite gradients (NaN/inf from a diverged model or input)
+    get the same treatment rather than poisoning every pair they touch; both are counted in
+    ``Counts.zero_gradient``.
+    """
+
+    def __init__(self, size: int, min_grad_norm: float) -> None:
+        self.min_grad_norm = min_grad_norm
+        self.norms = torch.full((size,), math.nan, dtype=torch.float64)
+        self.losses = torch.full((size,), math.nan, dtype=torch.float64)
+        self.correct = torch.zeros(size, dtype=torch.bool)
+
+    def record(self, chunk: GradientChunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the chunk's statistics; return its norms (b,) and usable mask (b,)."""
+        norms = squared_norms64(chunk.grads).sqrt()
+        usable = torch.isfinite(norms) & (norms > self.min_grad_norm)
+        self.norms[chunk.start : chunk.stop] = norms
+        self.losses[chunk.start : chunk.stop] = chunk.losses
+        self.correct[chunk.start : chunk.stop] = chunk.correct
+        return norms, usable
+
+    @property
+    def usable(self) -> torch.Tensor:
+        return torch.isfinite(self.norms) & (self.norms > self.min_grad_norm)
+
+    def norm_values(self) -> tuple[float | None, ...]:
+        return tuple(v if math.isfinite(v) else None for v in self.norms.tolist())

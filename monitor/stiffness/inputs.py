@@ -1,0 +1,99 @@
+"""What the engine takes in: the probe set and the options, as small immutable values.
+
+Kept apart from the loaders so the engine stays pure (tensors in, result out) and the probe
+loader, the CLI and the daemon can build these values without importing the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Mode = Literal["class", "pair"]
+Precision = Literal["fp32", "tf32", "bf16"]
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeSet:
+    """A fixed, labelled set of examples, identical at every checkpoint.
+
+    ``inputs`` is (N, ...) (float features or integer token ids); ``targets`` is (N,) int64
+    class indices into the model's output; ``is_train`` is (N,) bool, True for examples from
+    the training probe (the "train" split), or None when every example is held out.
+    ``classes`` are the distinct targets in ascending order: the row/column order of every
+    class matrix. ``source_indices`` are the positions of the chosen examples in the source
+    file, so a result can be traced back to its examples.
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    is_train: torch.Tensor | None = None
+    classes: tuple[int, ...] = ()
+    source_indices: tuple[int, ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        n = int(self.targets.shape[0])
+        if self.inputs.shape[0] != n:
+            raise ValueError(f"inputs has {self.inputs.shape[0]} examples, targets {n}")
+        if self.targets.dtype != torch.int64 or self.targets.dim() != 1:
+            raise ValueError("targets must be a 1-D int64 tensor of class indices")
+        if self.is_train is not None and (
+            self.is_train.dtype != torch.bool or tuple(self.is_train.shape) != (n,)
+        ):
+            raise ValueError("is_train must be a (N,) bool tensor")
+        if not self.classes:
+            object.__setattr__(
+                self, "classes", tuple(int(c) for c in torch.unique(self.targets).tolist())
+            )
+        if not self.source_indices:
+            object.__setattr__(self, "source_indices", tuple(range(n)))
+
+    @property
+    def size(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def has_splits(self) -> bool:
+        """True when the probe holds both training and held-out examples."""
+        if self.is_train is None:
+            return False
+        n_train = int(self.is_train.sum())
+        return 0 < n_train < self.size
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to compute stiffness. Mirrors the ``stiffness`` section of the config.
+
+    ``include``/``exclude`` are glob patterns over parameter names (``fnmatch``); an empty
+    ``include`` means every trainable parameter. ``min_grad_norm``: examples whose gradient
+    norm is at or below it have no meaningful direction (the model already fits them); they
+    are left out of every pair and counted in ``counts.zero_gradient``.
+    ``memory_limit`` caps, in bytes, what the engine keeps alive for per-example gradients.
+    """
+
+    mode: Mode = "class"
+    batch_size: int = 64
+    precision: Precision = "fp32"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_grad_norm: float = 1e-10
+    distance_bins: int = 20
+    memory_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("class", "pair"):
+            raise ValueError(f"mode must be 'class' or 'pair', got {self.mode!r}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.min_grad_norm < 0:
+            raise ValueError(f"min_grad_norm must be >= 0, got {self.min_grad_norm}")
+        if self.distance_bins < 1:
+            raise ValueError(f"distance_bins must be >= 1, got {self.distance_bins}")
+        if self.memory_limit is not None and self.memory_limit <= 0:
+            raise ValueError(f"memory_limit must be positive, got {self.memory_limit}")

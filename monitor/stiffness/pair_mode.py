@@ -1,0 +1,118 @@
+"""Pair mode: the exact N×N Gram of per-example gradients, then everything pairs can give.
+
+From the Gram G_ij = g_i·g_j come the norms, cosine stiffness cos_ij = G_ij/(|g_i||g_j|)
+and sign stiffness sign(G_ij) (Fort et al. 2019, arXiv 1901.09491), their class matrices
+per pair set and the profile against input distance.
+
+The Gram is built in blocks without holding N×P when it does not fit: a *panel* of as many
+chunks as the memory budget allows is cached; each panel is multiplied with itself and with
+the chunks after it, which are recomputed on the fly. With a budget that holds the whole
+probe there is one panel and nothing is recomputed; with a budget of one chunk it is the
+classic blocked algorithm, about N²/(2·batch) chunk computations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monitor.stiffness.distance import distance_profile
+from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, dot64
+from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def _clean(chunk: GradientChunk, stats: ExampleStats) -> torch.Tensor:
+    """Record the chunk; zero non-finite rows so they cannot turn whole Gram rows into NaN."""
+    norms, _ = stats.record(chunk)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        chunk.grads[bad.to(chunk.grads.device)] = 0.0
+    return chunk.grads  # (b, P)
+
+
+def gram_matrix(
+    stream: ChunkStream, size: int, stats: ExampleStats, cache_bytes: int, bytes_per_row: int
+) -> torch.Tensor:
+    """All g_i·g_j, (N, N) float64 on the host, caching at most ``cache_bytes`` of gradients."""
+    gram = torch.zeros(size, size, dtype=torch.float64)
+    panel_rows = max(stream.batch_size, cache_bytes // max(bytes_per_row, 1))
+    start = 0
+    while start < size:
+        stop = min(size, start + panel_rows)
+        panel: list[tuple[int, int, torch.Tensor]] = []
+        for chunk in stream.chunks(start, stop):
+            g = _clean(chunk, stats)
+            for s, e, cached in panel:
+                block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
+                gram[s:e, chunk.start : chunk.stop] = block
+                gram[chunk.start : chunk.stop, s:e] = block.T
+            gram[chunk.start : chunk.stop, chunk.start : chunk.stop] = dot64(g, g)
+            panel.append((chunk.start, chunk.stop, g))
+            del chunk, g
+        for chunk in stream.chunks(stop, size):  # recomputed once per panel
+            g = _clean(chunk, stats)
+            for s, e, cached in panel:
+                block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
+                gram[s:e, chunk.start : chunk.stop] = block
+                gram[chunk.start : chunk.stop, s:e] = block.T
+            del chunk, g
+        del panel
+        start = stop
+    return gram
+
+
+def _class_sums(
+    values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, classes: torch.Tensor, c: int
+) -> ClassStiffness:
+    """Class matrix of ``values`` (N, N; zero on the diagonal and at unusable examples).
+
+    ``rows``/``cols`` (N,) bool select the example sets of x1 and x2. With one-hot class
+    indicators R (N, C): sums = Rᵀ V Q, and counts = (Σ R)(Σ Q)ᵀ - RᵀQ, the last term
+    removing self-pairs where the two sets overlap.
+    """
+    onehot = torch.nn.functional.one_hot(classes, c).to(torch.float64)  # (N, C)
+    r = onehot * rows.unsqueeze(1).to(torch.float64)  # (N, C)
+    q = onehot * cols.unsqueeze(1).to(torch.float64)  # (N, C)
+    sums = r.T @ values @ q  # (C, N) @ (N, N) @ (N, C) -> (C, C)
+    counts = torch.outer(r.sum(0), q.sum(0)) - r.T @ q  # (C, C)
+    return ClassStiffness.from_sums(sums.tolist(), counts.round().long().tolist())
+
+
+def pair_mode(
+    stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    inputs: torch.Tensor,
+    bins: int,
+    memory_limit: int | None,
+    bytes_per_row: int,
+) -> ModeResult:
+    """Gram, then cosine and sign class matrices per pair set and the distance profile."""
+    n, c = layout.size, layout.num_classes
+    cache = memory_limit if memory_limit is not None else DEFAULT_CACHE_BYTES
+    gram = gram_matrix(stream, n, stats, cache, bytes_per_row)
+    usable = stats.usable  # (N,)
+    pairs = usable.unsqueeze(1) & usable.unsqueeze(0)  # (N, N): both have a direction
+    pairs.fill_diagonal_(False)  # self-pairs never count
+    inverse = torch.where(usable, 1.0 / stats.norms, 0.0)  # (N,)
+    zero = torch.zeros((), dtype=torch.float64)
+    cosine = torch.where(pairs, gram * inverse.unsqueeze(1) * inverse.unsqueeze(0), zero)
+    sign = torch.where(pairs, torch.sign(gram), zero)
+    del gram
+    held, train = layout.held_out & usable, layout.train & usable
+    idx = layout.class_index
+    pair_sets: dict[str, PairSetStiffness] = {}
+    if layout.has_splits:
+        for name, rows, cols in (("train-val", train, held), ("train-train", train, train)):
+            pair_sets[name] = PairSetStiffness(
+                cosine=_class_sums(cosine, rows, cols, idx, c),
+                sign=_class_sums(sign, rows, cols, idx, c),
+            )
+    return ModeResult(
+        cosine=_class_sums(cosine, held, held, idx, c),
+        sign=_class_sums(sign, held, held, idx, c),
+        pair_sets=pair_sets,
+        distance=distance_profile(inputs, cosine, pairs & held.unsqueeze(1) & held, idx, bins),
+    )

@@ -1,0 +1,1 @@
+"""Shipped early-stopping rule sets (YAML data files; installed as ``monitor.rulesets``)."""

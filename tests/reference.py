@@ -1,0 +1,210 @@
+"""A slow, obviously correct stiffness reference for the engine tests.
+
+Everything the engine does cleverly is done here the plain way, sharing no code with it:
+a float64 copy of the model, one backward pass per example with ``torch.autograd.grad``,
+and explicit Python loops over ordered pairs i ≠ j for the class matrices (cosine and sign),
+their within/between summaries (macro and pooled), the train-val and train-train pair sets,
+the distance bins and the critical length (Fort et al. 2019, arXiv 1901.09491).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monitor.stiffness.inputs import ProbeSet
+
+
+@dataclass
+class RefMatrix:
+    """One class matrix the slow way: entries, pair counts and the four summaries."""
+
+    matrix: list[list[float | None]]
+    counts: list[list[int]]
+    within: float | None
+    between: float | None
+    within_pooled: float | None
+    between_pooled: float | None
+
+
+@dataclass
+class Reference:
+    norms: list[float]
+    usable: list[bool]
+    parameters: int
+    probe_loss: float
+    probe_accuracy: float
+    train_probe_loss: float | None
+    train_probe_accuracy: float | None
+    cosine: dict[str, RefMatrix]  # "val-val", and "train-val"/"train-train" with splits
+    sign: dict[str, RefMatrix]
+    distance: dict[str, Any] | None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return torch.as_tensor(output.logits)
+    return torch.as_tensor(output[0])
+
+
+def example_gradients(
+    model: nn.Module, probe: ProbeSet, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> tuple[list[torch.Tensor], list[float], list[bool]]:
+    """Per-example flattened float64 gradients, losses and correctness, one backward each."""
+    m = copy.deepcopy(model).double().eval()
+    params = [
+        p
+        for name, p in m.named_parameters()
+        if p.requires_grad
+        and (not include or any(fnmatchcase(name, g) for g in include))
+        and not any(fnmatchcase(name, g) for g in exclude)
+    ]
+    grads, losses, correct = [], [], []
+    for i in range(probe.size):
+        x = probe.inputs[i : i + 1]
+        x = x.double() if x.is_floating_point() else x
+        y = probe.targets[i : i + 1]
+        logits = _logits(m(x))
+        loss = F.cross_entropy(logits, y)
+        parts = torch.autograd.grad(loss, params)
+        grads.append(torch.cat([p.reshape(-1) for p in parts]).detach())
+        losses.append(float(loss.detach()))
+        correct.append(int(logits.argmax()) == int(y))
+    return grads, losses, correct
+
+
+def _matrix(values: dict[tuple[int, int], list[float]], size: int) -> RefMatrix:
+    cells = [[values.get((a, b), []) for b in range(size)] for a in range(size)]
+    diagonal = [cells[a][a] for a in range(size)]
+    off = [cells[a][b] for a in range(size) for b in range(size) if a != b]
+    within_entries = [m for m in (_mean(c) for c in diagonal) if m is not None]
+    between_entries = [m for m in (_mean(c) for c in off) if m is not None]
+    return RefMatrix(
+        matrix=[[_mean(cells[a][b]) for b in range(size)] for a in range(size)],
+        counts=[[len(cells[a][b]) for b in range(size)] for a in range(size)],
+        within=_mean(within_entries),
+        between=_mean(between_entries),
+        within_pooled=_mean([v for c in diagonal for v in c]),
+        between_pooled=_mean([v for c in off for v in c]),
+    )
+
+
+def _distance(
+    probe: ProbeSet,
+    members: list[int],
+    cos: dict[tuple[int, int], float],
+    cls: list[int],
+    bins: int,
+) -> dict[str, Any] | None:
+    x = [probe.inputs[i].reshape(-1).double() for i in range(probe.size)]
+    found: list[tuple[float, float, bool]] = []
+    for i in members:
+        for j in members:
+            if i == j or (i, j) not in cos:
+                continue
+            ni, nj = float(x[i].norm()), float(x[j].norm())
+            if ni == 0 or nj == 0:
+                continue
+            d = 1.0 - float(torch.dot(x[i], x[j])) / (ni * nj)
+            found.append((d, cos[(i, j)], cls[i] == cls[j]))
+    if not found:
+        return None
+    top = max(d for d, _, _ in found) or 1.0
+    width = top / bins
+    within: list[list[float]] = [[] for _ in range(bins)]
+    between: list[list[float]] = [[] for _ in range(bins)]
+    for d, value, same in found:
+        k = min(max(math.floor(d / width), 0), bins - 1)
+        (within if same else between)[k].append(value)
+    edges = [k * width for k in range(bins + 1)]
+    centres = [(edges[k] + edges[k + 1]) / 2 for k in range(bins)]
+    curve = [_mean(v) for v in within]
+    critical: float | None = None
+    previous: tuple[float, float] | None = None
+    for k in range(bins):
+        level = curve[k]
+        if level is None:
+            continue
+        if previous is not None and previous[1] > 0 and level <= 0:
+            critical = previous[0] + (centres[k] - previous[0]) * previous[1] / (
+                previous[1] - level
+            )
+            break
+        previous = (centres[k], level)
+    return {
+        "edges": edges,
+        "within": curve,
+        "between": [_mean(v) for v in between],
+        "within_pairs": [len(v) for v in within],
+        "between_pairs": [len(v) for v in between],
+        "critical_length": critical,
+    }
+
+
+def reference_stiffness(
+    model: nn.Module,
+    probe: ProbeSet,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    min_grad_norm: float = 1e-10,
+    bins: int = 20,
+) -> Reference:
+    grads, losses, correct = example_gradients(model, probe, include, exclude)
+    n = probe.size
+    norms = [float(g.norm()) for g in grads]
+    usable = [math.isfinite(v) and v > min_grad_norm for v in norms]
+    classes = list(probe.classes)
+    cls = [classes.index(int(t)) for t in probe.targets]
+    if probe.has_splits:
+        assert probe.is_train is not None
+        train = [i for i in range(n) if bool(probe.is_train[i])]
+        held = [i for i in range(n) if not bool(probe.is_train[i])]
+    else:
+        train, held = [], list(range(n))
+    sets = {"val-val": (held, held)}
+    if train:
+        sets.update({"train-val": (train, held), "train-train": (train, train)})
+    cosine, sign = {}, {}
+    cos_val: dict[tuple[int, int], float] = {}
+    for name, (rows, cols) in sets.items():
+        cos_cells: dict[tuple[int, int], list[float]] = {}
+        sign_cells: dict[tuple[int, int], list[float]] = {}
+        for i in rows:
+            for j in cols:
+                if i == j or not usable[i] or not usable[j]:
+                    continue
+                dot = float(torch.dot(grads[i], grads[j]))
+                cos = dot / (norms[i] * norms[j])
+                cos_cells.setdefault((cls[i], cls[j]), []).append(cos)
+                sign_cells.setdefault((cls[i], cls[j]), []).append(
+                    1.0 if dot > 0 else -1.0 if dot < 0 else 0.0
+                )
+                if name == "val-val":
+                    cos_val[(i, j)] = cos
+        cosine[name] = _matrix(cos_cells, len(classes))
+        sign[name] = _matrix(sign_cells, len(classes))
+    return Reference(
+        norms=norms,
+        usable=usable,
+        parameters=int(grads[0].numel()),
+        probe_loss=sum(losses[i] for i in held) / len(held),
+        probe_accuracy=sum(correct[i] for i in held) / len(held),
+        train_probe_loss=sum(losses[i] for i in train) / len(train) if train else None,
+        train_probe_accuracy=sum(correct[i] for i in train) / len(train) if train else None,
+        cosine=cosine,
+        sign=sign,
+        distance=_distance(probe, held, cos_val, cls, bins),
+    )

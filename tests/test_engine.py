@@ -1,0 +1,454 @@
+"""The stiffness engine against the slow reference (tests/reference.py), mode against mode,
+and its edge cases: self-pairs, zero and non-finite gradients, parameter globs, the blocked
+pair-mode path, precision settings, bad models and out-of-memory handling."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import weakref
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from monitor.errors import EngineError
+from monitor.stiffness import ClassStiffness, EngineOptions, ProbeSet, compute_stiffness
+from monitor.stiffness.distance import critical_length
+from monitor.stiffness.func_backend import FuncGradients
+from monitor.stiffness.gradients import ChunkStream, GradientChunk
+from tests.reference import Reference, RefMatrix, reference_stiffness
+
+N, CLASSES = 40, 4
+
+
+class TokenModel(nn.Module):
+    """Embedding + LayerNorm + Linear on integer tokens, mean-pooled over the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.norm(self.embed(tokens)).mean(dim=1))
+        return logits  # (B, T, 6) -> (B, 6) -> (B, C)
+
+
+def mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, CLASSES))
+    return model, torch.randn(N, 6)
+
+
+def cnn() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, CLASSES),
+    )
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(16, 1, 8, 8) * 2.0 + 0.5)
+    return model.eval(), torch.randn(N, 1, 8, 8)
+
+
+def tokens() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(2)
+    return TokenModel(), torch.randint(0, 16, (N, 5))
+
+
+ARCHITECTURES: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
+    "mlp": mlp,
+    "cnn-batchnorm": cnn,
+    "embedding-layernorm": tokens,
+}
+
+
+def probe_for(inputs: torch.Tensor, splits: bool = True) -> ProbeSet:
+    targets = torch.arange(inputs.shape[0]) % CLASSES
+    is_train = (torch.arange(inputs.shape[0]) % 3 == 0) if splits else None
+    return ProbeSet(inputs=inputs, targets=targets, is_train=is_train)
+
+
+@cache
+def case(arch: str) -> tuple[nn.Module, ProbeSet, Reference]:
+    model, inputs = ARCHITECTURES[arch]()
+    probe = probe_for(inputs)
+    return model, probe, reference_stiffness(model, probe)
+
+
+def float64(model: nn.Module, probe: ProbeSet) -> tuple[nn.Module, ProbeSet]:
+    inputs = probe.inputs.double() if probe.inputs.is_floating_point() else probe.inputs
+    return copy.deepcopy(model).double(), ProbeSet(inputs, probe.targets, probe.is_train)
+
+
+def close(a: float | None, b: float | None, tol: float) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tol)
+
+
+def assert_matches(got: ClassStiffness, want: RefMatrix, tol: float) -> None:
+    assert [list(row) for row in got.pair_counts] == want.counts
+    for row_got, row_want in zip(got.matrix, want.matrix, strict=True):
+        for a, b in zip(row_got, row_want, strict=True):
+            assert close(a, b, tol), (a, b)
+    for name in ("within", "between", "within_pooled", "between_pooled"):
+        assert close(getattr(got, name), getattr(want, name), tol), name
+
+
+def max_error(got: ClassStiffness, want: RefMatrix) -> float:
+    return max(
+        abs(a - b)
+        for ra, rb in zip(got.matrix, want.matrix, strict=True)
+        for a, b in zip(ra, rb, strict=True)
+        if a is not None and b is not None
+    )
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_float64_engine_matches_reference(arch: str, mode: Any) -> None:
+    model, probe, ref = case(arch)
+    model64, probe64 = float64(model, probe)
+    result = compute_stiffness(model64, probe64, EngineOptions(mode=mode, batch_size=16))
+    assert result.counts.parameters == ref.parameters
+    assert result.counts.train_examples == 14
+    assert_matches(result.cosine, ref.cosine["val-val"], 1e-9)
+    for name in ("train-val", "train-train"):
+        assert_matches(result.pair_sets[name].cosine, ref.cosine[name], 1e-9)
+    norms = [v for v in result.gradient_norms if v is not None]
+    assert norms == pytest.approx(ref.norms, rel=1e-9)
+    assert result.probe_loss == pytest.approx(ref.probe_loss, rel=1e-9)
+    assert result.probe_accuracy == pytest.approx(ref.probe_accuracy)
+    assert result.train_probe_loss == pytest.approx(ref.train_probe_loss, rel=1e-9)
+    assert result.train_probe_accuracy == pytest.approx(ref.train_probe_accuracy)
+    if mode == "class":
+        assert result.sign is None and result.distance is None
+        return
+    assert result.sign is not None and result.distance is not None
+    assert_matches(result.sign, ref.sign["val-val"], 1e-9)
+    for name in ("train-val", "train-train"):
+        sign = result.pair_sets[name].sign
+        assert sign is not None
+        assert_matches(sign, ref.sign[name], 1e-9)
+    assert ref.distance is not None
+    profile = result.distance.to_dict()
+    for key in ("within_pairs", "between_pairs"):
+        assert profile[key] == ref.distance[key]
+    for key in ("edges", "within", "between"):
+        assert all(close(a, b, 1e-9) for a, b in zip(profile[key], ref.distance[key], strict=True))
+    assert close(profile["critical_length"], ref.distance["critical_length"], 1e-9)
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_fp32_engine_close_to_float64_reference(arch: str, mode: Any) -> None:
+    model, probe, ref = case(arch)
+    result = compute_stiffness(model, probe, EngineOptions(mode=mode, batch_size=16))
+    # Measured: at most 7e-8 on these models; ~1e-4 is the contract.
+    assert max_error(result.cosine, ref.cosine["val-val"]) < 1e-5
+    for name in ("train-val", "train-train"):
+        assert max_error(result.pair_sets[name].cosine, ref.cosine[name]) < 1e-5
+    assert result.counts.zero_gradient == 0
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_class_mode_equals_pair_mode(arch: str) -> None:
+    model, probe, _ = case(arch)
+    model64, probe64 = float64(model, probe)
+    by_class = compute_stiffness(model64, probe64, EngineOptions(mode="class", batch_size=7))
+    by_pair = compute_stiffness(model64, probe64, EngineOptions(mode="pair", batch_size=9))
+    for name in ("train-val", "train-train", None):
+        a = by_class.pair_sets[name].cosine if name else by_class.cosine
+        b = by_pair.pair_sets[name].cosine if name else by_pair.cosine
+        assert a.pair_counts == b.pair_counts
+        for row_a, row_b in zip(a.matrix, b.matrix, strict=True):
+            assert all(close(x, y, 1e-10) for x, y in zip(row_a, row_b, strict=True))
+
+
+def linear_probe(inputs: list[list[float]], targets: list[int]) -> tuple[nn.Module, ProbeSet]:
+    """Identity-weight linear model: logits = x, so gradients are easy to reason about."""
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))
+    probe = ProbeSet(torch.tensor(inputs), torch.tensor(targets))
+    return model, probe
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_self_pairs_are_excluded(mode: Any) -> None:
+    model, probe = linear_probe([[0.3, -0.2, 0.5], [-0.4, 0.1, 0.2], [0.0, 1.0, 0.0]], [0, 0, 1])
+    model64, probe64 = float64(model, probe)
+    grads = []
+    for i in range(2):
+        loss = F.cross_entropy(model64(probe64.inputs[i : i + 1]), probe64.targets[i : i + 1])
+        grads.append(torch.autograd.grad(loss, list(model64.parameters()))[0].reshape(-1))
+    cos = float(F.cosine_similarity(grads[0], grads[1], dim=0))
+    result = compute_stiffness(model64, probe64, EngineOptions(mode=mode))
+    diagonal = result.cosine.matrix[0][0]
+    assert diagonal == pytest.approx(cos, abs=1e-12)
+    assert diagonal != pytest.approx((2.0 + 2.0 * cos) / 4.0)  # mean including self-pairs
+    assert result.cosine.matrix[1][1] is None  # one example: no pair
+    assert result.cosine.pair_counts == ((2, 2), (2, 0))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_zero_gradient_examples_are_counted_and_excluded(mode: Any, precision: str) -> None:
+    # Logit margin 1000: softmax is exactly one-hot, so the gradient is exactly zero.
+    rows = [[1000.0, 0, 0], [0.3, -0.2, 0.5], [-0.4, 0.1, 0.2], [0, 0, 1000.0], [0.1, 0.1, 0.7]]
+    rows += [[0.2, 0.9, -0.3], [0.5, 0.4, 0.1]]
+    model, probe = linear_probe(rows, [0, 0, 0, 2, 2, 1, 1])
+    if precision == "float64":
+        model, probe = float64(model, probe)
+    result = compute_stiffness(model, probe, EngineOptions(mode=mode))
+    assert result.counts.zero_gradient == 2
+    assert result.gradient_norms[0] == 0.0 and result.gradient_norms[3] == 0.0
+    assert result.cosine.pair_counts[0][0] == 2  # 2 usable examples, 2 ordered pairs
+    assert result.cosine.matrix[2][2] is None  # class 2 keeps a single usable example
+    assert result.cosine.pair_counts[2][0] == 2
+    ref = reference_stiffness(model, probe)
+    assert_matches(result.cosine, ref.cosine["val-val"], 1e-6)
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_non_finite_gradients_are_treated_like_zero_ones(mode: Any) -> None:
+    model, inputs = mlp()
+    inputs[5, 0] = math.nan
+    result = compute_stiffness(model, probe_for(inputs), EngineOptions(mode=mode))
+    assert result.counts.zero_gradient == 1
+    assert result.gradient_norms[5] is None
+    assert result.probe_loss is None  # a NaN loss is undefined, never NaN
+    json.dumps(result.to_dict(), allow_nan=False)
+    assert sum(map(sum, result.cosine.pair_counts)) == 25 * 24  # 26 held out, one unusable
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "count"),
+    [
+        (("2.*",), (), 10 * 4 + 4),
+        ((), ("*.bias",), 6 * 10 + 10 * 4),
+        (("0.weight", "2.bias"), (), 64),
+    ],
+    ids=["last-layer", "no-biases", "named"],
+)
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_parameter_globs(
+    mode: Any, include: tuple[str, ...], exclude: tuple[str, ...], count: int
+) -> None:
+    model, probe, _ = case("mlp")
+    model64, probe64 = float64(model, probe)
+    ref = reference_stiffness(model, probe, include=include, exclude=exclude)
+    options = EngineOptions(mode=mode, include=include, exclude=exclude)
+    result = compute_stiffness(model64, probe64, options)
+    assert result.counts.parameters == ref.parameters == count
+    assert_matches(result.cosine, ref.cosine["val-val"], 1e-9)
+    assert_matches(result.pair_sets["train-val"].cosine, ref.cosine["train-val"], 1e-9)
+
+
+def test_blocked_pair_mode_equals_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    calls: list[int] = []
+    original = FuncGradients.__call__
+
+    def counting(self: FuncGradients, start: int, stop: int) -> GradientChunk:
+        calls.append(stop - start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(FuncGradients, "__call__", counting)
+    cached = compute_stiffness(model, probe, EngineOptions(mode="pair", batch_size=7))
+    cached_calls = len(calls)
+    calls.clear()
+    options = EngineOptions(mode="pair", batch_size=7, memory_limit=1)
+    blocked = compute_stiffness(model, probe, options)
+    assert cached_calls == 6 and len(calls) > 6  # the blocked path recomputed chunks
+    for a, b in ((cached.cosine, blocked.cosine), (cached.sign, blocked.sign)):
+        assert a is not None and b is not None
+        assert a.pair_counts == b.pair_counts
+        for ra, rb in zip(a.matrix, b.matrix, strict=True):
+            assert all(close(x, y, 1e-6) for x, y in zip(ra, rb, strict=True))
+    assert cached.distance is not None and blocked.distance is not None
+    assert cached.distance.within_pairs == blocked.distance.within_pairs
+    assert all(
+        close(x, y, 1e-6)
+        for x, y in zip(cached.distance.within, blocked.distance.within, strict=True)
+    )
+
+
+def test_class_mode_keeps_one_chunk_of_gradients_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, probe, _ = case("mlp")
+    earlier: list[weakref.ref[torch.Tensor]] = []
+    original = FuncGradients.__call__
+
+    def checking(self: FuncGradients, start: int, stop: int) -> GradientChunk:
+        assert all(ref() is None for ref in earlier), "an earlier chunk is still alive"
+        chunk = original(self, start, stop)
+        earlier.append(weakref.ref(chunk.grads))
+        return chunk
+
+    monkeypatch.setattr(FuncGradients, "__call__", checking)
+    compute_stiffness(model, probe, EngineOptions(batch_size=8))
+    assert len(earlier) == 5
+
+
+def test_target_out_of_range_is_an_engine_error() -> None:
+    model, inputs = mlp()
+    probe = ProbeSet(inputs, torch.arange(N) % 13)
+    with pytest.raises(EngineError, match="probe target 12 but the model has 4 outputs"):
+        compute_stiffness(model, probe)
+
+
+class Unflattened(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1) * self.scale
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+
+def test_bad_output_shape_is_an_engine_error() -> None:
+    with pytest.raises(EngineError, match=r"\(batch, classes\) logits"):
+        compute_stiffness(Unflattened(), probe_for(torch.randn(N, 4)))
+
+
+class DataDependent(nn.Linear):
+    """Branches on a tensor's value: fine in eager mode, impossible under vmap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = super().forward(x)
+        return out if x.sum().item() > 0 else -out
+
+
+def test_forward_that_vmap_cannot_run_is_an_engine_error() -> None:
+    with pytest.raises(EngineError, match=r"torch\.func could not compute"):
+        compute_stiffness(DataDependent(4, CLASSES), probe_for(torch.randn(N, 4)))
+
+
+def test_no_selected_parameter_and_unknown_loss() -> None:
+    model, probe, _ = case("mlp")
+    with pytest.raises(EngineError, match="no parameter selected"):
+        compute_stiffness(model, probe, EngineOptions(include=("nothing.*",)))
+    with pytest.raises(ValueError, match="cross_entropy"):
+        compute_stiffness(model, probe, loss="mse")
+
+
+class Wrapped(nn.Module):
+    """Returns its inner model's logits wrapped as a tuple or in an object with .logits."""
+
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x: torch.Tensor) -> Any:
+        logits = self.inner(x)
+        if self.kind == "tuple":
+            return (logits, x)
+        return type("Output", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("kind", ["tuple", "logits-attribute"])
+def test_wrapped_outputs(kind: str) -> None:
+    model, probe, ref = case("mlp")
+    result = compute_stiffness(Wrapped(model, kind), probe)
+    assert max_error(result.cosine, ref.cosine["val-val"]) < 1e-4
+
+
+def test_training_flags_restored_even_on_error() -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    assert isinstance(model, nn.Sequential)
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    try:
+        compute_stiffness(model, probe)
+        assert model.training and not model[1].training and model[0].training
+        with pytest.raises(EngineError):
+            compute_stiffness(model, ProbeSet(probe.inputs, probe.targets + 10))
+        assert model.training and not model[1].training
+    finally:
+        model.eval()
+
+
+def test_precision_settings() -> None:
+    model, probe, ref = case("cnn-batchnorm")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    tf32 = compute_stiffness(model, probe, EngineOptions(precision="tf32"))
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    assert tf32.precision == "tf32"
+    bf16 = compute_stiffness(model, probe, EngineOptions(precision="bf16", mode="pair"))
+    assert bf16.precision == "bf16"
+    assert max_error(bf16.cosine, ref.cosine["val-val"]) < 1e-2  # bf16 forward, fp32 grads
+
+
+def test_result_metadata_without_splits() -> None:
+    model, inputs = mlp()
+    result = compute_stiffness(model, probe_for(inputs, splits=False), EngineOptions(mode="pair"))
+    assert result.pair_sets == {} and result.train_probe_loss is None
+    assert result.counts.per_class == (10, 10, 10, 10) and result.counts.train_examples == 0
+    assert set(result.timings) >= {"total", "gradients", "stiffness"}
+    assert result.device == "cpu" and result.mode == "pair" and result.classes == (0, 1, 2, 3)
+
+
+class FakeProvider:
+    """Raises CUDA out-of-memory for chunks larger than ``fits`` examples."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, fits: int) -> None:
+        self.fits = fits
+
+    def __call__(self, start: int, stop: int) -> GradientChunk:
+        if stop - start > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        rows = stop - start
+        return GradientChunk(start, stop, torch.ones(rows, 2), torch.zeros(rows), torch.ones(rows))
+
+
+def test_out_of_memory_halves_the_chunk() -> None:
+    stream = ChunkStream(FakeProvider(fits=3), batch_size=16)
+    ranges = [(c.start, c.stop) for c in stream.chunks(0, 20)]
+    assert ranges[0] == (0, 2) and ranges[-1][1] == 20
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+    assert stream.batch_size == 2
+    with pytest.raises(EngineError, match="batch size 1 \\(configured batch_size 16"):
+        list(ChunkStream(FakeProvider(fits=0), batch_size=16).chunks(0, 4))
+
+
+def test_critical_length_interpolates_between_bin_centres() -> None:
+    centres = [0.1, 0.3, 0.5, 0.7]
+    assert critical_length(centres, [0.4, None, 0.2, -0.2], [5, 0, 5, 5]) == pytest.approx(0.6)
+    assert critical_length(centres, [-0.1, 0.2, 0.0, 0.1], [1, 1, 1, 1]) == pytest.approx(0.5)
+    assert critical_length(centres, [0.4, 0.3, 0.2, 0.1], [1, 1, 1, 1]) is None
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    batch=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_modes_agree_on_random_probes(sizes: list[int], batch: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, len(sizes))).double()
+    targets = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    probe = ProbeSet(torch.randn(len(targets), 3, dtype=torch.float64), targets)
+    by_class = compute_stiffness(model, probe, EngineOptions(batch_size=batch))
+    by_pair = compute_stiffness(model, probe, EngineOptions(mode="pair", batch_size=batch))
+    assert by_class.cosine.pair_counts == by_pair.cosine.pair_counts
+    for ra, rb in zip(by_class.cosine.matrix, by_pair.cosine.matrix, strict=True):
+        assert all(close(x, y, 1e-10) for x, y in zip(ra, rb, strict=True))
