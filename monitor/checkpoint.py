@@ -8,8 +8,10 @@ them into a ``LoadedCheckpoint`` (weights or a self-describing module, plus the 
 and ``load_weights`` puts weights into the operator's model, lining up the key prefixes that
 DDP (``module.``), ``torch.compile`` (``_orig_mod.``) and Lightning (``model.``) add.
 
-Nothing in a checkpoint runs code unless ``checkpoint.allow_pickle`` is set (see
-``monitor.checkpoint_formats``), and every failure is a ``CheckpointError`` naming the path,
+The file formats themselves are read in ``monitor.checkpoint_formats`` (and DCP folders in
+``monitor.checkpoint_dcp``); this module detects the format, picks the reader, finds the step
+and fits the weights to the model. Nothing in a checkpoint runs code unless
+``checkpoint.allow_pickle`` is set, and every failure is a ``CheckpointError`` naming the path,
 with a ``reason`` token for the error metric: ``missing``, ``corrupt``, ``pickle``,
 ``mismatch`` or ``format``.
 """
@@ -29,7 +31,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from monitor.checkpoint_formats import HF_FILES, READERS, fail
+from monitor.checkpoint_dcp import read_dcp
+from monitor.checkpoint_formats import (
+    HF_FILES,
+    Payload,
+    fail,
+    read_export,
+    read_hf,
+    read_safetensors,
+    read_torch_save,
+    read_torchscript,
+)
 from monitor.config import CheckpointConfig
 from monitor.errors import CheckpointError
 
@@ -42,6 +54,17 @@ _LISTED = 5  # keys a mismatch message spells out, per kind
 # and nn.Module.load_state_dict(strict=True) accepts that; so do we.
 _OPTIONAL = "num_batches_tracked"
 _Identity = tuple[int, int, tuple[int, ...], tuple[int, ...]]
+Reader = Callable[[Path, CheckpointConfig, str], Payload]
+
+READERS: dict[str, Reader] = {  # format -> reader; ``auto`` is resolved by detect_format first
+    "state_dict": read_torch_save,
+    "lightning": read_torch_save,
+    "safetensors": read_safetensors,
+    "hf": read_hf,
+    "dcp": read_dcp,
+    "torchscript": read_torchscript,
+    "export": read_export,
+}
 
 
 @dataclass(frozen=True, eq=False)

@@ -168,6 +168,9 @@ class WatchConfig(Section):
     settle_seconds: float = Field(2.0, ge=0)
     backlog: Literal["all", "latest"] = "all"
     rescan_interval: float = Field(60.0, gt=0)
+    ready_markers: list[str] = Field(default_factory=list)
+    unfinished_markers: list[str] = Field(default_factory=lambda: ["*-unfinished"])
+    heartbeat_interval: float = Field(300.0, gt=0)
 
 
 class StopConfig(Section):

@@ -352,9 +352,11 @@ def write_export(folder: Path, net: Net) -> Path:
     return path
 
 
-def write_export_in_train_mode(folder: Path, net: Net) -> Path:
+def write_export_in_train_mode(folder: Path, net: Net, dynamic: bool = False) -> Path:
+    """Exported from a training-mode net; with a fixed batch of 4 unless ``dynamic``."""
     path = folder / "train-mode.pt2"
-    program = torch.export.export(net.train(), (torch.randn(4, 4),))
+    shapes = {"x": {0: torch.export.Dim("batch", min=2, max=1024)}} if dynamic else None
+    program = torch.export.export(net.train(), (torch.randn(4, 4),), dynamic_shapes=shapes)
     net.eval()
     torch.export.save(program, path)
     return path

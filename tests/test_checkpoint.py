@@ -8,6 +8,8 @@ reason token and a message naming the path.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import io
 import pickle
 import shutil
@@ -34,8 +36,11 @@ from monitor.checkpoint import (
     step_from_name,
 )
 from monitor.checkpoint_formats import pickle_globals
-from monitor.config import CheckpointConfig
-from monitor.errors import CheckpointError
+from monitor.config import CheckpointConfig, parse_config
+from monitor.errors import CheckpointError, EngineError
+from monitor.evaluation import Evaluator
+from monitor.probe import ProbeWarning
+from monitor.stiffness import compute_stiffness
 from tests import checkpoint_writers as writers
 from tests.checkpoint_writers import Hyperparameters, Net, trained_net
 
@@ -239,9 +244,72 @@ def test_export_made_in_train_mode_is_evaluated_in_eval_mode(net: Net, tmp_path:
     loaded = read_checkpoint(path, config())
     assert loaded.module is not None
     x = torch.randn(4, 4)
+    counter = loaded.module.get_buffer("body.1.num_batches_tracked")
+    before = int(counter)
     first, second = loaded.module(x), loaded.module(x)
     assert torch.allclose(first, net.eval()(x), atol=1e-6)  # running stats, no dropout
     assert torch.equal(first, second)
+    assert int(counter) == before  # eval mode counts no batches
+
+
+SELF_DESCRIBING: dict[str, tuple[Writer, str, int | None]] = {
+    "torchscript": (writers.write_torchscript, "torchscript", 40),
+    "export": (writers.write_export, "export", 80),
+    "export-made-in-train-mode": (
+        functools.partial(writers.write_export_in_train_mode, dynamic=True),
+        "export",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("name", list(SELF_DESCRIBING))
+def test_self_describing_checkpoint_evaluated_end_to_end(
+    name: str, mode: str, net: Net, tmp_path: Path
+) -> None:
+    """No model.factory: the Evaluator takes the module from the file, and the engine (the
+    loop backend for TorchScript, vmap for export) measures what the eager net gives."""
+    writer, fmt, step = SELF_DESCRIBING[name]
+    path = writer(tmp_path, net)
+    inputs = torch.randn(36, 4, generator=GENERATOR)
+    torch.save({"inputs": inputs, "targets": torch.arange(36) % 3}, tmp_path / "probe.pt")
+    monitor_config = parse_config(
+        {
+            "probe": {"path": "probe.pt", "per_class": 12},
+            "stiffness": {"device": "cpu", "mode": mode, "batch_size": 5},
+        },
+        source=tmp_path / "config.yaml",
+    )
+    assert monitor_config.model.factory is None
+    evaluator = Evaluator(monitor_config)
+    evaluation = evaluator.evaluate(path, run="run-a")
+    assert (evaluation.format, evaluation.step) == (fmt, step)
+    result = evaluation.result
+    eager = compute_stiffness(copy.deepcopy(net), evaluator.probe, evaluator.options)
+    assert result.counts == eager.counts and result.counts.examples == 36
+    matrices = [(result.cosine, eager.cosine), (result.sign, eager.sign)]
+    for got, want in matrices:
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert got.pair_counts == want.pair_counts
+            for a, b in zip(got.matrix, want.matrix, strict=True):
+                assert a == pytest.approx(b, abs=1e-6)
+    assert result.probe_loss == pytest.approx(eager.probe_loss, abs=1e-6)
+    assert evaluation.to_dict()["checkpoint"] == str(path)
+
+
+def test_export_with_a_fixed_batch_size_is_an_engine_error(net: Net, tmp_path: Path) -> None:
+    path = writers.write_export_in_train_mode(tmp_path, net)  # exported for batches of 4
+    torch.save({"inputs": torch.randn(6, 4), "targets": torch.arange(6) % 3}, tmp_path / "p.pt")
+    monitor_config = parse_config(
+        {"probe": {"path": "p.pt", "per_class": 2}, "stiffness": {"device": "cpu"}},
+        source=tmp_path / "config.yaml",
+    )
+    with pytest.warns(ProbeWarning):
+        evaluator = Evaluator(monitor_config)
+    with pytest.raises(EngineError, match=r"Guard failed.*dynamic batch dimension"):
+        evaluator.evaluate(path)
 
 
 def test_load_model_builds_weight_formats(net: Net, tmp_path: Path) -> None:

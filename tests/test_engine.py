@@ -8,6 +8,7 @@ import copy
 import itertools
 import json
 import math
+import warnings
 import weakref
 from collections.abc import Callable
 from functools import cache
@@ -25,6 +26,9 @@ from monitor.stiffness import ClassStiffness, EngineOptions, ProbeSet, compute_s
 from monitor.stiffness.distance import critical_length
 from monitor.stiffness.func_backend import FuncGradients
 from monitor.stiffness.gradients import ChunkStream, GradientChunk
+from monitor.stiffness.loop_backend import LoopGradients
+from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.result import StiffnessResult
 from tests.reference import Reference, RefMatrix, reference_stiffness
 
 N, CLASSES = 40, 4
@@ -335,9 +339,186 @@ class DataDependent(nn.Linear):
         return out if x.sum().item() > 0 else -out
 
 
-def test_forward_that_vmap_cannot_run_is_an_engine_error() -> None:
-    with pytest.raises(EngineError, match=r"torch\.func could not compute"):
-        compute_stiffness(DataDependent(4, CLASSES), probe_for(torch.randn(N, 4)))
+class SquareFunction(torch.autograd.Function):
+    """x², written the pre-torch.func way: no setup_context, so vmap refuses it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class CustomFunction(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = SquareFunction.apply(super().forward(x))
+        return out
+
+
+VMAP_HOSTILE: dict[str, Callable[[], nn.Module]] = {
+    "item-control-flow": lambda: DataDependent(4, CLASSES),
+    "autograd-function": lambda: CustomFunction(4, CLASSES),
+}
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("kind", list(VMAP_HOSTILE))
+def test_forward_that_vmap_cannot_run_falls_back_to_the_loop(
+    kind: str, mode: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(3)
+    model, probe = VMAP_HOSTILE[kind](), probe_for(torch.randn(N, 4))
+    ref = reference_stiffness(model, probe)
+    model64, probe64 = float64(model, probe)
+    with caplog.at_level("WARNING", logger="monitor.stiffness.backends"):
+        result = compute_stiffness(model64, probe64, EngineOptions(mode=mode, batch_size=16))
+    assert "one example at a time" in caplog.text
+    assert_matches(result.cosine, ref.cosine["val-val"], 1e-9)
+    for name in ("train-val", "train-train"):
+        assert_matches(result.pair_sets[name].cosine, ref.cosine[name], 1e-9)
+    assert [v for v in result.gradient_norms if v is not None] == pytest.approx(ref.norms)
+    assert result.probe_loss == pytest.approx(ref.probe_loss, rel=1e-9)
+
+
+class NeedsABatch(nn.Linear):
+    """Fails on any single example: vmap and the loop both see batches of one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 2:
+            raise RuntimeError("this model needs at least two examples")
+        out: torch.Tensor = super().forward(x)
+        return out
+
+
+class RandomInEval(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(super().forward(x), 0.5, training=True)
+
+
+class CountsCalls(nn.Linear):
+    """Writes to a buffer in eval mode: each example would see a different model."""
+
+    def __init__(self, *args: int) -> None:
+        super().__init__(*args)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out: torch.Tensor = super().forward(x)
+        return out
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (NeedsABatch(4, CLASSES), "needs at least two examples"),
+        (RandomInEval(4, CLASSES), "random in eval mode"),
+        (CountsCalls(4, CLASSES), r"writes to its own tensors in eval mode \(calls\)"),
+    ],
+    ids=["fails-per-example", "random", "writes-buffers"],
+)
+def test_models_the_loop_cannot_measure_either_are_engine_errors(
+    model: nn.Module, message: str
+) -> None:
+    with pytest.raises(EngineError, match=r"torch\.func could not compute") as caught:
+        compute_stiffness(model, probe_for(torch.randn(N, 4)))
+    assert caught.match(f"one example at a time failed too: .*{message}")
+
+
+# --- TorchScript: the loop backend ------------------------------------------------------------
+
+
+def scripted(model: nn.Module, inputs: torch.Tensor | None = None) -> torch.jit.ScriptModule:
+    """``torch.jit.script(model)``, or ``torch.jit.trace`` on ``inputs`` when given."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
+        module = torch.jit.script(model) if inputs is None else torch.jit.trace(model, inputs)
+    assert isinstance(module, torch.jit.ScriptModule)
+    return module
+
+
+def assert_same_result(got: StiffnessResult, want: StiffnessResult, tol: float) -> None:
+    pairs = [(got.cosine, want.cosine), (got.sign, want.sign)]
+    for name in want.pair_sets:
+        pairs += [(got.pair_sets[name].cosine, want.pair_sets[name].cosine)]
+        pairs += [(got.pair_sets[name].sign, want.pair_sets[name].sign)]
+    for a, b in pairs:
+        assert (a is None) == (b is None)
+        if a is None or b is None:
+            continue
+        assert a.pair_counts == b.pair_counts
+        for ra, rb in zip(a.matrix, b.matrix, strict=True):
+            assert all(close(x, y, tol) for x, y in zip(ra, rb, strict=True)), (ra, rb)
+        for name in ("within", "between"):
+            assert close(getattr(a, name), getattr(b, name), tol), name
+    assert got.counts == want.counts
+    for x, y in zip(got.gradient_norms, want.gradient_norms, strict=True):
+        assert x is not None and y is not None and x == pytest.approx(y, rel=tol)
+    assert close(got.probe_loss, want.probe_loss, tol)
+    assert got.probe_accuracy == want.probe_accuracy
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("kind", ["script", "trace"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn-batchnorm"])
+def test_torchscript_model_matches_the_eager_one(
+    arch: str, kind: str, mode: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, probe, _ = case(arch)
+    module = scripted(model, probe.inputs[:2] if kind == "trace" else None)
+    training = module.training
+    options = EngineOptions(mode=mode, batch_size=16)
+    eager = compute_stiffness(model, probe, options)
+
+    def no_vmap(self: FuncGradients, start: int, stop: int) -> GradientChunk:
+        raise AssertionError("TorchScript must not reach torch.func")
+
+    monkeypatch.setattr(FuncGradients, "__call__", no_vmap)
+    result = compute_stiffness(module, probe, options)
+    assert_same_result(result, eager, 1e-6)
+    assert module.training == training
+
+
+def test_torchscript_flags_restored_and_parameters_selected_by_name() -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    module = scripted(copy.deepcopy(model))
+    module.train()
+    options = EngineOptions(include=("5.*",), mode="pair")
+    result = compute_stiffness(module, probe, options)
+    assert module.training and all(m.training for m in module.modules())
+    assert result.counts.parameters == 3 * 4 * 4 * CLASSES + CLASSES
+    assert_same_result(result, compute_stiffness(model, probe, options), 1e-6)
+    assert all(p.grad is None for p in module.parameters())  # autograd.grad, never .grad
+
+
+def test_loop_backend_equals_vmap_chunk_by_chunk() -> None:
+    model, probe, _ = case("embedding-layernorm")
+    selection = select_parameters(model, exclude=("norm.*",))
+    args = (model, selection, probe.inputs, probe.targets, torch.device("cpu"))
+    by_vmap, by_loop = FuncGradients(*args)(3, 17), LoopGradients(*args)(3, 17)
+    assert by_loop.grads.shape == by_vmap.grads.shape == (14, selection.numel)
+    assert torch.allclose(by_loop.grads, by_vmap.grads, atol=1e-6)
+    assert torch.allclose(by_loop.losses, by_vmap.losses, atol=1e-6)
+    assert torch.equal(by_loop.correct, by_vmap.correct)
+
+
+def test_torchscript_in_bf16() -> None:
+    model, probe, ref = case("cnn-batchnorm")
+    module = scripted(model)
+    result = compute_stiffness(module, probe, EngineOptions(precision="bf16"))
+    assert max_error(result.cosine, ref.cosine["val-val"]) < 1e-2  # bf16 forward, fp32 grads
+
+
+def test_torchscript_with_wrong_outputs_is_an_engine_error() -> None:
+    with pytest.raises(EngineError, match=r"\(batch, classes\) logits"):
+        compute_stiffness(scripted(Unflattened()), probe_for(torch.randn(N, 4)))
+    model, _ = mlp()
+    with pytest.raises(EngineError, match="the model fails on probe inputs"):
+        compute_stiffness(scripted(model), probe_for(torch.randn(N, 5)))
 
 
 def test_no_selected_parameter_and_unknown_loss() -> None:

@@ -23,10 +23,10 @@ from sklearn.datasets import load_digits
 
 from monitor.config import ProbeConfig
 from monitor.errors import ProbeError
+from monitor.factory import import_callable
 from monitor.probe import (
     ProbeWarning,
     RawProbe,
-    import_callable,
     load_probe,
     read_probe_source,
     sample_per_class,
@@ -395,16 +395,19 @@ def test_input_dtype_is_kept(tmp_path: Path, dtype: torch.dtype) -> None:
     assert raw.inputs.dtype == dtype and raw.targets.dtype == torch.int64
 
 
-def test_import_callable_resolves_and_explains() -> None:
-    assert import_callable(f"{HERE}:make_number", "probe factory")() == 7
+def test_probe_factories_share_the_model_factory_resolver() -> None:
+    def resolve(spec: str) -> Callable[..., Any]:
+        return import_callable(spec, error=ProbeError, what="probe factory")
+
+    assert resolve(f"{HERE}:make_number")() == 7
     with pytest.raises(
         ProbeError, match=r"probe factory 'no_such_pkg.mod:f': cannot import module"
     ):
-        import_callable("no_such_pkg.mod:f", "probe factory")
+        resolve("no_such_pkg.mod:f")
     with pytest.raises(ProbeError, match=r"has no attribute 'missing'"):
-        import_callable(f"{HERE}:missing", "probe factory")
+        resolve(f"{HERE}:missing")
     with pytest.raises(ProbeError, match=r"'NOT_CALLABLE' is not callable"):
-        import_callable(f"{HERE}:NOT_CALLABLE", "probe factory")
+        resolve(f"{HERE}:NOT_CALLABLE")
 
 
 def test_per_class_below_two_is_a_programming_error() -> None:

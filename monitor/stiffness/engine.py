@@ -2,8 +2,9 @@
 
 The engine is pure (DESIGN §1, STYLE): tensors in, a result out; no files, no printing, no
 logging setup. It wires the pieces: parameter selection, a per-example gradient provider
-(``FuncGradients`` today, a hook-based backend later), and class mode or pair mode, which
-only ever see ``GradientChunk``s.
+(``torch.func`` vmap, or one backward per example for TorchScript and vmap-hostile models,
+chosen in ``monitor.stiffness.backends``; a hook-based backend later), and class mode or pair
+mode, which only ever see ``GradientChunk``s.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from torch import nn
 
 from monitor.errors import EngineError
+from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.class_mode import class_mode
-from monitor.stiffness.func_backend import LOSSES, FuncGradients
 from monitor.stiffness.gradients import ChunkStream, ExampleStats
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.outputs import LOSSES
 from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.result import Counts, StiffnessResult
@@ -95,8 +97,9 @@ def compute_stiffness(
         inputs = probe.inputs
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
-        provider = FuncGradients(model, selection, inputs, probe.targets, device, options.precision)
-        provider.check_outputs()
+        provider = gradient_provider(
+            model, selection, inputs, probe.targets, device, options.precision
+        )
         stream = ChunkStream(provider, options.batch_size)
         stats = ExampleStats(probe.size, options.min_grad_norm)
         part: ModeResult

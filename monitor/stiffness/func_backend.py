@@ -1,9 +1,12 @@
 """The generic per-example gradient provider: ``torch.func`` (vmap of grad).
 
-It works for any model whose forward is a pure function of parameters, buffers and one
-example, which is why it is the first backend and stays the fallback for layers a faster
-hook-based backend does not cover (DESIGN §3). It materialises a chunk's per-example
-gradients, (b, P), so its cost grows with P; the bookkeeping never depends on that.
+It works for any eager model whose forward is a pure, batchable function of parameters,
+buffers and one example, which is why it is the first backend and stays the fallback for
+layers a faster hook-based backend does not cover (DESIGN §3). It materialises a chunk's
+per-example gradients, (b, P), so its cost grows with P; the bookkeeping never depends on
+that. TorchScript modules (``functional_call`` refuses them) and forwards vmap cannot run
+(``.item()``, data-dependent shapes, autograd.Functions without vmap support) go to the
+slower loop backend instead; ``monitor.stiffness.backends`` makes that choice.
 
 The model must be in eval mode: BatchNorm then uses its running statistics (passed in as
 constants through ``functional_call``), so examples do not interact and vmap is exact.
@@ -22,25 +25,14 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
+from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.parameters import ParameterSelection
 
-LOSSES = ("cross_entropy",)
 
-
-def extract_logits(output: Any) -> torch.Tensor:
-    """The (B, C) logits from a model output: a tensor, ``.logits``, or element 0."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits"):
-        logits = output.logits
-    elif isinstance(output, tuple | list) and output:
-        logits = output[0]
-    else:
-        raise EngineError(f"model output of type {type(output).__name__} holds no logits tensor")
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-        raise EngineError(f"model output must be (batch, classes) logits, got shape {shape}")
-    return logits
+class VmapError(EngineError):
+    """``torch.func`` could not run the model (not out of memory): the forward is not a pure,
+    batchable function of parameters and one example. ``__cause__`` holds torch's error;
+    ``monitor.stiffness.backends`` decides whether the loop backend may take over."""
 
 
 def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -113,18 +105,7 @@ class FuncGradients:
             output = functional_call(
                 self.model, (self.selection.params, self.selection.constants), (x,)
             )
-        logits = extract_logits(output)
-        if logits.shape[0] != x.shape[0]:
-            raise EngineError(
-                f"model output has {logits.shape[0]} rows for a batch of {x.shape[0]} examples"
-            )
-        outputs = int(logits.shape[1])
-        top, bottom = int(self.targets.max()), int(self.targets.min())
-        if bottom < 0:
-            raise EngineError(f"probe target {bottom} is negative; targets are class indices")
-        if top >= outputs:
-            raise EngineError(f"probe target {top} but the model has {outputs} outputs")
-        return outputs
+        return check_logits(output, x.shape[0], self.targets)
 
     def __call__(self, start: int, stop: int) -> GradientChunk:
         x = self.inputs[start:stop].to(self.device)
@@ -135,7 +116,7 @@ class FuncGradients:
         except torch.cuda.OutOfMemoryError:
             raise  # the chunk stream retries with a smaller chunk
         except RuntimeError as error:
-            raise EngineError(
+            raise VmapError(
                 f"torch.func could not compute per-example gradients: {error}. The model's "
                 "forward must work under torch.func.vmap (no .item() or data-dependent "
                 "control flow, no in-place updates of buffers)"
