@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
 
+    watch = commands.add_parser(
+        "watch", help="run the daemon: watch runs, evaluate new checkpoints, export metrics"
+    )
+    watch.add_argument("-c", "--config", required=True, help="the YAML config file")
+
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
     return parser
@@ -74,6 +79,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon
+    from monitor.logs import configure_logging
+
+    config = load_config(args.config)
+    configure_logging(config.logging.format, config.logging.level)
+    return Daemon(config).run()
+
+
 def _check(args: argparse.Namespace) -> int:
     report = run_checks(args.config)
     for line in report.notes:
@@ -92,13 +106,16 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handlers = {"evaluate": _evaluate, "check": _check}
+    handlers = {"evaluate": _evaluate, "check": _check, "watch": _watch}
     try:
         return handlers[args.command](args)
     except CONFIG_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (CheckpointError, EngineError, MonitorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. the metrics port is taken, the store folder unwritable
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -1,0 +1,283 @@
+"""The sidecar: watch → queue → evaluate → store → metrics, until told to stop.
+
+The daemon wires; it computes nothing. Watchers (one per run, their own threads) hand complete
+checkpoints to the queue; this module's single evaluation loop takes them in step order,
+evaluates, stores and exports. One bad checkpoint costs one log line and one counted error,
+never the daemon: everything already stored stays stored. SIGTERM/SIGINT stop it within
+seconds (an evaluation in flight is abandoned, the store stays consistent because every write
+is one transaction); SIGHUP re-reads the rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from monitor.config import MonitorConfig, load_config
+from monitor.errors import CheckpointError, ConfigError, EngineError
+from monitor.evaluation import Evaluation, Evaluator
+from monitor.metrics import MonitorMetrics, serve_metrics
+from monitor.rule_spec import RuleSet, load_rules
+from monitor.store import Store
+from monitor.watching import Candidate, RunWatcher
+from monitor.work_queue import CheckpointQueue
+
+log = logging.getLogger("monitor.daemon")
+
+TAKE_TIMEOUT = 0.25  # seconds: how quickly the loop notices a stop request while idle
+
+
+class _Abandon(BaseException):
+    """Raised inside an evaluation by the stop signal (BaseException: no handler eats it)."""
+
+
+@dataclass(frozen=True)
+class _Problem:
+    run: str
+    path: Path | None
+    reason: str
+    message: str
+
+
+def _error_reason(error: CheckpointError) -> str:
+    """A checkpoint that vanished while we loaded it was deleted or rotated away."""
+    return "deleted" if error.reason == "missing" else error.reason
+
+
+class Daemon:
+    """Runs until ``request_stop`` (or a signal); ``run`` returns the process exit code."""
+
+    def __init__(self, config: MonitorConfig, metrics: MonitorMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else MonitorMetrics()
+        self.queue = CheckpointQueue(config.watch.backlog, on_depth=self.metrics.set_queue_depth)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._problems: queue.SimpleQueue[_Problem] = queue.SimpleQueue()
+        self._evaluating = False
+        self._evaluated = 0
+        self.rules: RuleSet | None = None
+        self.metrics_port: int | None = None
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self._stop.set()
+        if self._evaluating:
+            raise _Abandon
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded use (tests, notebooks): the caller stops us with request_stop
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    # -- callbacks from watcher threads ----------------------------------------------------
+
+    def _on_ready(self, candidate: Candidate) -> None:
+        self.queue.put(candidate)
+
+    def _on_problem(self, run: str, path: Path | None, reason: str, message: str) -> None:
+        self.metrics.count_error(run, reason)
+        self._problems.put(_Problem(run, path, reason, message))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config = self.config
+        self._install_signal_handlers()  # first: a stop during a slow start-up is clean too
+        self.rules = load_rules(config.rules, config.source)
+        evaluator = Evaluator(config)
+        server = None
+        if config.metrics.enabled:
+            server, _ = serve_metrics(self.metrics, config.metrics.host, config.metrics.port)
+            self.metrics_port = server.server_port
+            log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.server_port)
+        watchers: list[RunWatcher] = []
+        try:
+            with Store(config.store.path) as store:
+                for run in config.runs:
+                    self.metrics.add_run(run.name)
+                    watcher = RunWatcher(
+                        run,
+                        config.watch,
+                        config.checkpoint.step_regex,
+                        on_ready=self._on_ready,
+                        on_problem=self._on_problem,
+                    )
+                    watcher.start()
+                    watchers.append(watcher)
+                log.info(
+                    "watching %d run(s) on %s; store %s",
+                    len(config.runs),
+                    evaluator.device,
+                    config.store.path,
+                    extra={"fields": {"runs": ",".join(r.name for r in config.runs)}},
+                )
+                self._loop(store, evaluator)
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        log.info("stopped", extra={"fields": {"evaluated": self._evaluated}})
+        return 0
+
+    def _loop(self, store: Store, evaluator: Evaluator) -> None:
+        heartbeat = self.config.watch.heartbeat_interval
+        last_activity = time.monotonic()
+        while not self._stop.is_set():
+            self._drain_problems(store)
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_rules()
+            taken = self.queue.take(timeout=TAKE_TIMEOUT)
+            if taken is None:
+                if time.monotonic() - last_activity >= heartbeat:
+                    self._heartbeat()
+                    last_activity = time.monotonic()
+                continue
+            for skipped in taken.skipped:
+                if not store.is_evaluated(skipped.run, skipped.fingerprint):
+                    store.record_skipped(
+                        skipped.run,
+                        str(skipped.path),
+                        skipped.fingerprint,
+                        skipped.step,
+                        "backlog-latest",
+                    )
+                    self.metrics.count_skipped(skipped.run, "backlog-latest")
+                    log.info("skipped %s (backlog: latest)", skipped.path)
+            self._process(store, evaluator, taken.candidate)
+            last_activity = time.monotonic()
+        self._drain_problems(store)
+
+    def _process(self, store: Store, evaluator: Evaluator, candidate: Candidate) -> None:
+        run = candidate.run
+        if store.is_evaluated(run, candidate.fingerprint):
+            log.debug("already evaluated: %s", candidate.path)
+            return
+        started = time.monotonic()
+        try:
+            evaluation = self._evaluate(evaluator, candidate)
+        except _Abandon:
+            log.info("abandoned the evaluation of %s to stop", candidate.path)
+            return
+        except CheckpointError as error:
+            self._record_error(store, candidate, _error_reason(error), str(error))
+            return
+        except EngineError as error:
+            self._record_error(store, candidate, "engine", str(error))
+            return
+        except Exception as error:  # one checkpoint must never take the daemon down
+            log.debug("evaluation failed", exc_info=True)
+            self._record_error(store, candidate, "internal", f"{type(error).__name__}: {error}")
+            return
+        duration = time.monotonic() - started
+        evaluation_id = store.record_evaluation(
+            run,
+            path=str(candidate.path),
+            fingerprint=candidate.fingerprint,
+            size=candidate.size,
+            mtime_ns=candidate.mtime_ns,
+            evaluation=evaluation.to_dict(),
+            duration_seconds=duration,
+        )
+        self._evaluated += 1
+        self._export(evaluation, duration)
+        self.after_evaluation(store, evaluation_id, evaluation)
+
+    def _evaluate(self, evaluator: Evaluator, candidate: Candidate) -> Evaluation:
+        self._evaluating = True
+        try:
+            if self._stop.is_set():
+                raise _Abandon
+            return evaluator.evaluate(candidate.path, run=candidate.run)
+        finally:
+            self._evaluating = False
+
+    def after_evaluation(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
+        """Hook for the decision layer (rules, stop signal); evaluations are stored already."""
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _export(self, evaluation: Evaluation, duration: float) -> None:
+        result = evaluation.result
+        run = evaluation.run or ""
+        self.metrics.observe_evaluation(
+            run,
+            step=evaluation.step,
+            within=result.cosine.within,
+            between=result.cosine.between,
+            probe_loss=result.probe_loss,
+            probe_accuracy=result.probe_accuracy,
+            duration=duration,
+            finished_at=time.time(),
+        )
+        fields: dict[str, Any] = {
+            "run": run,
+            "step": evaluation.step,
+            "within": result.cosine.within,
+            "between": result.cosine.between,
+            "probe_loss": result.probe_loss,
+            "probe_accuracy": result.probe_accuracy,
+            "seconds": round(duration, 3),
+            "checkpoint": evaluation.checkpoint,
+        }
+        log.info("evaluated", extra={"fields": fields})
+
+    def _record_error(self, store: Store, candidate: Candidate, reason: str, message: str) -> None:
+        self.metrics.count_error(candidate.run, reason)
+        store.record_error(candidate.run, str(candidate.path), reason, message,
+                           candidate.fingerprint)  # fmt: skip
+        log.warning(
+            "checkpoint not evaluated (%s): %s",
+            reason,
+            message,
+            extra={"fields": {"run": candidate.run, "reason": reason}},
+        )
+
+    def _drain_problems(self, store: Store) -> None:
+        while True:
+            try:
+                problem = self._problems.get_nowait()
+            except queue.Empty:
+                return
+            path = "" if problem.path is None else str(problem.path)
+            store.record_error(problem.run, path, problem.reason, problem.message)
+            log.warning(
+                "%s",
+                problem.message,
+                extra={"fields": {"run": problem.run, "reason": problem.reason}},
+            )
+
+    def _heartbeat(self) -> None:
+        log.info(
+            "idle",
+            extra={"fields": {"evaluated": self._evaluated, "queue": self.queue.depth()}},
+        )
+
+    def _reload_rules(self) -> None:
+        try:
+            fresh = load_config(self.config.source)  # inline rules live in the config file
+            self.rules = load_rules(fresh.rules, fresh.source)
+        except ConfigError as error:
+            log.error("rules not reloaded, keeping the previous ones: %s", error)
+            return
+        log.info("rules reloaded: %d rule(s) from %s", len(self.rules.rules), self.rules.source)

@@ -1,0 +1,220 @@
+"""The daemon end to end: a real ``watch`` subprocess, real checkpoints, signals and scrapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE
+from tests.daemon_harness import (
+    DaemonProcess,
+    make_config,
+    metric_value,
+    stored_errors,
+    stored_evaluations,
+    stored_skips,
+    wait_for,
+    write_checkpoint,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def evaluated_steps(config: Path, run: str | None = None) -> list[int | None]:
+    return [row.step for row in stored_evaluations(config) if run is None or row.run == run]
+
+
+def test_evaluates_a_live_trainer_in_step_order_and_stops_on_sigterm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = make_config(tmp_path / "monitor", {"digits": run_dir})
+    daemon = DaemonProcess(config)
+    try:
+        trainer = subprocess.run(
+            [sys.executable, str(EXAMPLE / "train.py"), "--epochs", "3", "--out", str(run_dir)],
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        assert trainer.returncode == 0
+        steps = wait_for(
+            lambda: len(evaluated_steps(config)) == 3 and evaluated_steps(config),
+            what="three evaluations",
+        )
+        assert steps == [38, 76, 114]
+        exposition = daemon.scrape()
+        assert metric_value(exposition, "stiffness_checkpoints_evaluated_total", run="digits") == 3
+        assert metric_value(exposition, "stiffness_checkpoint_step", run="digits") == 114
+        assert metric_value(exposition, "stiffness_queue_depth", run="digits") == 0
+        within = metric_value(exposition, "stiffness_within_class", run="digits")
+        assert within is not None and -1 <= within <= 1
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+    assert "evaluated" in daemon.log and "step=114" in daemon.log
+    assert "Traceback" not in daemon.log
+
+
+def test_existing_checkpoints_are_queued_in_step_order(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for step in (300, 100, 200):  # written out of order
+        write_checkpoint(run_dir / f"ckpt-step_{step}.pt", step)
+        time.sleep(0.05)
+    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    daemon = DaemonProcess(config)
+    try:
+        wait_for(lambda: len(evaluated_steps(config)) == 3, what="three evaluations")
+        order = [row.step for row in sorted(stored_evaluations(config), key=lambda r: r.id)]
+        assert order == [100, 200, 300]
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_bad_checkpoints_are_counted_and_the_daemon_carries_on(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    daemon = DaemonProcess(config)
+    try:
+        good = write_checkpoint(run_dir / "step_1.pt", 1)
+        truncated = run_dir / "step_2.pt"
+        truncated.write_bytes(good.read_bytes()[:500])
+        write_checkpoint(run_dir / "step_3.pt", 3, hidden=32)  # another architecture
+        (run_dir / "step_4.pt").write_bytes(os.urandom(4096))
+        write_checkpoint(run_dir / "step_5.pt", 5)
+        wait_for(lambda: len(evaluated_steps(config)) == 2, what="the two good checkpoints")
+        wait_for(lambda: len(stored_errors(config)) == 3, what="three recorded errors")
+        exposition = daemon.scrape()
+        errors = {
+            reason: metric_value(
+                exposition, "stiffness_checkpoint_errors_total", run="a", reason=reason
+            )
+            for reason in ("corrupt", "mismatch")
+        }
+        assert errors == {"corrupt": 2, "mismatch": 1}
+        assert evaluated_steps(config) == [1, 5]
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log
+    assert "step_3.pt" in daemon.log and "mismatch" in daemon.log
+
+
+def test_restart_never_evaluates_twice(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for step in range(1, 5):
+        write_checkpoint(run_dir / f"step_{step}.pt", step)
+    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    first = DaemonProcess(config)
+    wait_for(lambda: len(evaluated_steps(config)) >= 2, what="two evaluations")
+    assert first.stop() == 0
+    write_checkpoint(run_dir / "step_5.pt", 5)
+    second = DaemonProcess(config)
+    try:
+        wait_for(lambda: len(evaluated_steps(config)) == 5, what="five evaluations")
+        time.sleep(1.0)  # a second look: nothing may be evaluated again
+        assert evaluated_steps(config) == [1, 2, 3, 4, 5]
+    finally:
+        assert second.stop() == 0
+
+
+def test_kill_9_then_restart_keeps_every_committed_result(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for step in range(1, 13):
+        write_checkpoint(run_dir / f"step_{step}.pt", step)
+    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    first = DaemonProcess(config)
+    wait_for(lambda: len(evaluated_steps(config)) >= 2, what="two evaluations")
+    first.kill()
+    committed = evaluated_steps(config)
+    second = DaemonProcess(config)
+    try:
+        wait_for(lambda: len(evaluated_steps(config)) == 12, what="twelve evaluations")
+        steps = evaluated_steps(config)
+        assert steps == list(range(1, 13))
+        assert set(committed) <= set(steps)
+    finally:
+        assert second.stop() == 0
+
+
+def test_two_runs_at_once_with_the_polling_observer(tmp_path: Path) -> None:
+    runs = {"left": tmp_path / "left", "right": tmp_path / "right"}
+    config = make_config(tmp_path / "monitor", runs, watch={"observer": "polling"})
+    daemon = DaemonProcess(config)
+    try:
+        for step in (1, 2, 3):
+            for path in runs.values():
+                write_checkpoint(path / f"step_{step}.pt", step, seed=step + len(path.name))
+        wait_for(lambda: len(evaluated_steps(config)) == 6, what="six evaluations")
+        assert evaluated_steps(config, "left") == [1, 2, 3]
+        assert evaluated_steps(config, "right") == [1, 2, 3]
+    finally:
+        assert daemon.stop() == 0
+    assert "polling" in daemon.log
+
+
+def test_burst_of_50_checkpoints_each_evaluated_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    daemon = DaemonProcess(config)
+    try:
+        daemon.metrics_url()  # started and watching
+        for step in range(1, 51):
+            write_checkpoint(run_dir / f"step_{step}.pt", step)
+        wait_for(lambda: len(evaluated_steps(config)) == 50, timeout=180, what="50 evaluations")
+        assert evaluated_steps(config) == list(range(1, 51))
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_backlog_latest_skips_to_the_newest(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for step in range(1, 6):
+        write_checkpoint(run_dir / f"step_{step}.pt", step)
+    config = make_config(tmp_path / "monitor", {"a": run_dir}, watch={"backlog": "latest"})
+    daemon = DaemonProcess(config)
+    try:
+        wait_for(lambda: evaluated_steps(config) == [5], what="the newest checkpoint")
+        wait_for(lambda: len(stored_skips(config)) == 4, what="four recorded skips")
+        assert sorted(skip.step for skip in stored_skips(config)) == [1, 2, 3, 4]
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_sighup_reloads_rules_and_json_logs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = make_config(tmp_path / "monitor", {"a": run_dir}, logging={"format": "json"})
+    daemon = DaemonProcess(config)
+    try:
+        daemon.metrics_url()
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "rules reloaded" in daemon.log, what="the reload line")
+    finally:
+        assert daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.log.splitlines() if line.startswith("{")]
+    assert records, daemon.log
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("rules reloaded") for r in records)
+
+
+def test_a_file_deleted_while_queued_is_skipped_with_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = make_config(tmp_path / "monitor", {"a": run_dir}, watch={"settle_seconds": 0.5})
+    daemon = DaemonProcess(config)
+    try:
+        daemon.metrics_url()
+        doomed = write_checkpoint(run_dir / "step_1.pt", 1)
+        doomed.unlink()
+        write_checkpoint(run_dir / "step_2.pt", 2)
+        wait_for(lambda: evaluated_steps(config) == [2], what="the surviving checkpoint")
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log
