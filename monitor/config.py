@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config_errors import describe_validation_error, yaml_problem
+from monitor.config_errors import describe_validation_error, read_yaml
 from monitor.errors import ConfigError
 from monitor.stiffness.inputs import EngineOptions
 
@@ -275,14 +274,9 @@ def parse_config(data: Any, source: Path, text: str | None = None) -> MonitorCon
 def load_config(path: str | Path) -> MonitorConfig:
     """Read and validate a config file; every problem is reported in one ConfigError."""
     source = Path(path).expanduser().resolve()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read the config file ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_problem(source, exc)) from None
+    data, text = read_yaml(
+        source,
+        not_found=f"{source}: config file not found",
+        unreadable=f"{source}: cannot read the config file ({{error}})",
+    )
     return parse_config(data, source, text)

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from monitor.errors import ConfigError
+
 _EXPECTATIONS = {
     "int_parsing": "an integer",
     "int_type": "an integer",
@@ -119,6 +121,24 @@ def describe_validation_error(
         lines.append((line or 0, f"{where}: {_location(loc)}: {_message(error)}"))
     lines.sort(key=lambda item: item[0])
     return [message for _, message in lines]
+
+
+def read_yaml(path: Path, not_found: str, unreadable: str) -> tuple[Any, str]:
+    """Parse a YAML file; returns (data, text) so errors can later point at lines.
+
+    ``not_found`` and ``unreadable`` are the ConfigError messages for a missing file and for
+    one that cannot be read (``{error}`` is replaced by the OS error).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(not_found) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(unreadable.format(error=exc)) from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_problem(path, exc)) from None
 
 
 def yaml_problem(source: Path, exc: yaml.YAMLError) -> str:

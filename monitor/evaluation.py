@@ -44,6 +44,21 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def cap_device_memory(device: torch.device, limit: int | None) -> float | None:
+    """Hold this process to ``limit`` bytes of the GPU (a sidecar shares it with the trainer).
+
+    PyTorch's caching allocator then raises out-of-memory at the cap instead of taking the
+    trainer's memory, and the engine's out-of-memory handling shrinks its chunks to fit.
+    Returns the fraction set, or None when there is nothing to cap.
+    """
+    if limit is None or device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, limit / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A checkpoint's identity together with what the engine measured on it."""
@@ -74,6 +89,7 @@ class Evaluator:
         self.config = config
         self.device = device if device is not None else resolve_device(config.stiffness.device)
         self.options = config.stiffness.engine_options()
+        cap_device_memory(self.device, self.options.memory_limit)
         add_import_path(config.base_dir)
         self._model: torch.nn.Module | None = None
         if config.model.factory is not None:

@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.config_errors import describe_validation_error, yaml_problem
+from monitor.config_errors import describe_validation_error, read_yaml
 from monitor.errors import ConfigError
 
 RULESETS_PACKAGE = "monitor.rulesets"
@@ -196,14 +195,9 @@ def load_rules(
     if isinstance(spec, list):
         return parse_rules(spec, config_source, config_text)
     path = shipped_rules_path() if spec is None else spec
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{config_source}: rules: file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_source}: rules: cannot read {path} ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_problem(path, exc)) from None
+    data, text = read_yaml(
+        path,
+        not_found=f"{config_source}: rules: file not found: {path}",
+        unreadable=f"{config_source}: rules: cannot read {path} ({{error}})",
+    )
     return parse_rules(data, path, text)

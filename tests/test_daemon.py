@@ -188,15 +188,25 @@ def test_backlog_latest_skips_to_the_newest(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
-def test_sighup_reloads_rules_and_json_logs(tmp_path: Path) -> None:
+def test_sighup_reloads_rules_heartbeat_and_json_logs(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = make_config(tmp_path / "monitor", {"a": run_dir}, logging={"format": "json"})
+    config = make_config(
+        tmp_path / "monitor",
+        {"a": run_dir},
+        logging={"format": "json"},
+        watch={"heartbeat_interval": 0.5},
+    )
     daemon = DaemonProcess(config)
     try:
         daemon.metrics_url()
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: "rules reloaded" in daemon.log, what="the reload line")
+        wait_for(lambda: '"message": "idle"' in daemon.log, what="an idle heartbeat")
+        config.write_text(config.read_text() + "rules: [{kind: nonsense}]\n")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "rules not reloaded" in daemon.log, what="a refused reload")
+        assert daemon.process.poll() is None  # bad rules on reload never stop the daemon
     finally:
         assert daemon.stop() == 0
     records = [json.loads(line) for line in daemon.log.splitlines() if line.startswith("{")]

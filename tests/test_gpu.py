@@ -50,3 +50,18 @@ def test_evaluate_on_cuda(example_checkpoints: list[Path]) -> None:
     result = json.loads(done.stdout)
     assert result["device"].startswith("cuda")
     assert len(result["cosine"]["matrix"]) == 10
+
+
+def test_memory_limit_caps_the_process_on_the_gpu() -> None:
+    from monitor.evaluation import cap_device_memory
+
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = cap_device_memory(device, 2**30)
+    assert fraction is not None and fraction == pytest.approx(2**30 / total)
+    try:
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(2 * 2**30, dtype=torch.uint8, device=device)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()

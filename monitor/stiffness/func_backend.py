@@ -27,6 +27,7 @@ from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
 from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.parameters import ParameterSelection
+from monitor.stiffness.provider_base import ProviderBase
 
 
 class VmapError(EngineError):
@@ -48,7 +49,7 @@ def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
     )
 
 
-class FuncGradients:
+class FuncGradients(ProviderBase):
     """Per-example gradients of the per-example cross-entropy via ``vmap(grad_and_value)``."""
 
     def __init__(
@@ -60,17 +61,8 @@ class FuncGradients:
         device: torch.device,
         precision: str = "fp32",
     ) -> None:
-        self.model = model
-        self.selection = selection
-        self.inputs = inputs
-        self.targets = targets
-        self._device = device
-        self.precision = precision
+        super().__init__(model, selection, inputs, targets, device, precision)
         self._batched = vmap(grad_and_value(self._example_loss, has_aux=True), in_dims=(None, 0, 0))
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     def _example_loss(
         self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor

@@ -29,9 +29,10 @@ from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
 from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.parameters import ParameterSelection
+from monitor.stiffness.provider_base import ProviderBase
 
 
-class LoopGradients:
+class LoopGradients(ProviderBase):
     """Per-example gradients of the per-example cross-entropy, one example at a time."""
 
     def __init__(
@@ -43,22 +44,13 @@ class LoopGradients:
         device: torch.device,
         precision: str = "fp32",
     ) -> None:
-        self.model = model
-        self.selection = selection
-        self.inputs = inputs
-        self.targets = targets
-        self._device = device
-        self.precision = precision
+        super().__init__(model, selection, inputs, targets, device, precision)
         live = dict(model.named_parameters())
         self.params = [live[name] for name in selection.names]  # the module's own tensors
         sizes = [int(p.numel()) for p in self.params]
         starts = [0, *itertools.accumulate(sizes)]
         self.slices = [slice(a, a + n) for a, n in zip(starts, sizes, strict=False)]  # in rows
         self.state = [*live.values(), *(b for _, b in model.named_buffers())]
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.precision != "bf16":

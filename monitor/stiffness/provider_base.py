@@ -1,0 +1,34 @@
+"""What every per-example gradient backend is built from: the model, the parameters selected,
+the probe tensors on the device, and the precision. One place, so backends differ only in how
+they compute gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from monitor.stiffness.parameters import ParameterSelection
+
+
+class ProviderBase:
+    """Holds a backend's inputs; subclasses add ``__call__(start, stop) -> GradientChunk``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        selection: ParameterSelection,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
+        self.model = model
+        self.selection = selection
+        self.inputs = inputs
+        self.targets = targets
+        self._device = device
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
