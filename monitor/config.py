@@ -123,6 +123,7 @@ class StiffnessConfig(Section):
     min_grad_norm: float = Field(1e-10, ge=0)
     distance_bins: int = Field(20, ge=1)
     loss: Literal["cross_entropy"] = "cross_entropy"
+    uncertainty: bool = False
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -144,6 +145,7 @@ class StiffnessConfig(Section):
             min_grad_norm=self.min_grad_norm,
             distance_bins=self.distance_bins,
             memory_limit=self.memory_limit,
+            uncertainty=self.uncertainty,
         )
 
 

@@ -201,3 +201,14 @@ def load_rules(
         unreadable=f"{config_source}: rules: cannot read {path} ({{error}})",
     )
     return parse_rules(data, path, text)
+
+
+def uses_min_sigma(rules: RuleSet) -> bool:
+    """True when some rule (at any depth) asks for drops beyond ``min_sigma`` standard errors."""
+
+    def walk(rule: Any) -> bool:
+        if isinstance(rule, (AllRule, AnyRule)):
+            return any(walk(sub) for sub in rule.rules)
+        return float(getattr(rule, "min_sigma", 0.0)) > 0
+
+    return any(walk(rule) for rule in rules.rules)

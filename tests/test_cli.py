@@ -130,3 +130,21 @@ def test_console_script_is_installed() -> None:
     done = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
     assert done.returncode == EXIT_OK
     assert "stiffness-monitor" in done.stdout
+
+
+@pytest.mark.slow
+def test_check_warns_when_min_sigma_cannot_work(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE / "model.py", tmp_path / "model.py")
+    shutil.copy(EXAMPLE / "digits_data.py", tmp_path / "digits_data.py")
+    config = tmp_path / "config.yaml"
+    base = (
+        "model: {factory: 'model:build_mlp'}\n"
+        "probe: {factory: 'digits_data:probe', per_class: 5}\n"
+        "rules: [{kind: decline, metric: within_class, min_sigma: 2}]\n"
+    )
+    config.write_text(base)
+    done = cli("check", "-c", config)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "warning:" in done.stderr and "stiffness.uncertainty" in done.stderr
+    config.write_text(base + "stiffness: {uncertainty: true}\n")
+    assert "stiffness.uncertainty" not in cli("check", "-c", config).stderr

@@ -22,6 +22,7 @@ import torch
 from monitor.stiffness.gradients import ChunkStream, ExampleStats, dot64, squared_norms64
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.uncertainty import jackknife_within
 
 
 def stiffness_from_products(
@@ -43,8 +44,41 @@ def stiffness_from_products(
     return ClassStiffness.from_sums(sums.tolist(), counts.tolist())
 
 
-def class_mode(stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats) -> ModeResult:
-    """Stream the probe once, accumulating class sums of unit gradients per split."""
+def classmate_dots(
+    stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats, sums: torch.Tensor
+) -> torch.Tensor:
+    """t_i = u_i·S_a - |u_i|² for every held-out usable example: a second pass over the probe.
+
+    The jackknife (``uncertainty``) needs each example's summed cosine with its classmates,
+    which the class sums alone cannot give; recomputing the gradients costs one more pass.
+    """
+    t = torch.zeros(layout.size, dtype=torch.float64)
+    usable = stats.usable
+    for chunk in stream.chunks(0, layout.size):
+        local = usable[chunk.start : chunk.stop] & layout.held_out[chunk.start : chunk.stop]
+        keep = local.nonzero().squeeze(1)
+        if keep.numel():
+            norms = stats.norms[chunk.start : chunk.stop][keep]
+            units = chunk.grads.index_select(0, keep.to(chunk.grads.device)).double()
+            units.mul_((1.0 / norms).to(units.device).unsqueeze(1))  # (k, P) u_i
+            rows = sums.index_select(
+                0, layout.class_index[chunk.start : chunk.stop][keep].to(sums.device)
+            ).double()  # (k, P) S_a(i)
+            dots = (units * rows).sum(dim=1) - units.square().sum(dim=1)  # (k,)
+            t[chunk.start + keep] = dots.cpu()
+            del units, rows
+        del chunk
+    return t
+
+
+def class_mode(
+    stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats, uncertainty: bool = False
+) -> ModeResult:
+    """Stream the probe once, accumulating class sums of unit gradients per split.
+
+    With ``uncertainty`` a second pass gives the jackknife standard errors of the
+    within-class values (``monitor.stiffness.uncertainty``).
+    """
     c = layout.num_classes
     sets = 2 if layout.has_splits else 1
     slot = layout.split * c + layout.class_index  # (N,) row of each example in the sums
@@ -69,6 +103,11 @@ def class_mode(stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats) ->
     if sums is None:  # an empty probe never gets here: the engine rejects it
         raise ValueError("class mode needs at least one example")
     products = dot64(sums, sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
+    errors: dict[str, float | None] = {}
+    if uncertainty:
+        t = classmate_dots(stream, layout, stats, sums[:c])
+        spread = jackknife_within(t, layout.class_index, stats.usable & layout.held_out, c)
+        errors = {"within_class": spread["within"], "within_class_pooled": spread["within_pooled"]}
     del sums
     val, train = slice(0, c), slice(c, 2 * c)
     cosine = stiffness_from_products(products[val, val], self_terms[val], counts[val], counts[val])
@@ -82,4 +121,4 @@ def class_mode(stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats) ->
                 products[train, train], self_terms[train], counts[train], counts[train]
             )
         )
-    return ModeResult(cosine=cosine, pair_sets=pair_sets)
+    return ModeResult(cosine=cosine, pair_sets=pair_sets, uncertainty=errors)

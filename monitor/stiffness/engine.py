@@ -104,7 +104,7 @@ def compute_stiffness(
         stats = ExampleStats(probe.size, options.min_grad_norm)
         part: ModeResult
         if options.mode == "class":
-            part = class_mode(stream, layout, stats)
+            part = class_mode(stream, layout, stats, options.uncertainty)
         else:
             bytes_per_row = selection.numel * torch.finfo(selection.dtype).bits // 8
             part = pair_mode(
@@ -137,6 +137,7 @@ def compute_stiffness(
         device=str(device),
         pair_sets=part.pair_sets,
         distance=part.distance,
+        uncertainty=part.uncertainty,
         train_probe_loss=_mean(stats.losses, train) if layout.has_splits else None,
         train_probe_accuracy=_mean(stats.correct.double(), train) if layout.has_splits else None,
         timings={

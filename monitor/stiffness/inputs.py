@@ -73,6 +73,8 @@ class EngineOptions:
     norm is at or below it have no meaningful direction (the model already fits them); they
     are left out of every pair and counted in ``counts.zero_gradient``.
     ``memory_limit`` caps, in bytes, what the engine keeps alive for per-example gradients.
+    ``uncertainty`` asks class mode for jackknife standard errors of the within-class values
+    (one more pass over the probe); pair mode always gives them, they are free there.
     """
 
     mode: Mode = "class"
@@ -83,6 +85,7 @@ class EngineOptions:
     min_grad_norm: float = 1e-10
     distance_bins: int = 20
     memory_limit: int | None = None
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):

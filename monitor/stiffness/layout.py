@@ -25,6 +25,7 @@ class ModeResult:
     sign: ClassStiffness | None = None
     pair_sets: dict[str, PairSetStiffness] = field(default_factory=dict)
     distance: DistanceProfile | None = None
+    uncertainty: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ from monitor.stiffness.distance import distance_profile
 from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, dot64
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
 
 DEFAULT_CACHE_BYTES = 2**30
 
@@ -110,9 +111,17 @@ def pair_mode(
                 cosine=_class_sums(cosine, rows, cols, idx, c),
                 sign=_class_sums(sign, rows, cols, idx, c),
             )
+    cosine_spread = jackknife_within(classmate_sums(cosine, idx, held), idx, held, c)
+    sign_spread = jackknife_within(classmate_sums(sign, idx, held), idx, held, c)
     return ModeResult(
         cosine=_class_sums(cosine, held, held, idx, c),
         sign=_class_sums(sign, held, held, idx, c),
+        uncertainty={
+            "within_class": cosine_spread["within"],
+            "within_class_pooled": cosine_spread["within_pooled"],
+            "sign_within_class": sign_spread["within"],
+            "sign_within_class_pooled": sign_spread["within_pooled"],
+        },
         pair_sets=pair_sets,
         distance=distance_profile(inputs, cosine, pairs & held.unsqueeze(1) & held, idx, bins),
     )

@@ -206,7 +206,9 @@ class StiffnessResult:
     probe when it has no splits), and so are ``probe_loss``/``probe_accuracy``. When the probe
     has a training split, ``pair_sets`` adds ``train-val`` and ``train-train``, and
     ``train_probe_loss``/``train_probe_accuracy`` are set. ``gradient_norms`` are per
-    example, in probe order. ``timings`` are seconds.
+    example, in probe order. ``timings`` are seconds. ``uncertainty`` maps rule metric names
+    (``within_class``, ``within_class_pooled``, ``sign_within_class``, ...) to jackknife
+    standard errors over the held-out examples.
     """
 
     mode: str
@@ -224,6 +226,7 @@ class StiffnessResult:
     train_probe_loss: float | None = None
     train_probe_accuracy: float | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    uncertainty: Mapping[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,6 +245,7 @@ class StiffnessResult:
             "precision": self.precision,
             "device": self.device,
             "timings": {k: float(v) for k, v in self.timings.items()},
+            "uncertainty": {k: _clean(v) for k, v in self.uncertainty.items()},
         }
 
     @classmethod
@@ -267,4 +271,5 @@ class StiffnessResult:
             precision=str(data.get("precision", "fp32")),
             device=str(data.get("device", "cpu")),
             timings={k: float(v) for k, v in (data.get("timings") or {}).items()},
+            uncertainty={k: _clean(v) for k, v in (data.get("uncertainty") or {}).items()},
         )
