@@ -27,9 +27,10 @@ def _matrix_lines(classes: tuple[int, ...], stiffness: ClassStiffness) -> list[s
     return [header, *rows]
 
 
-def _stiffness_line(label: str, stiffness: ClassStiffness) -> str:
+def _stiffness_line(label: str, stiffness: ClassStiffness, error: float | None = None) -> str:
+    spread = "" if error is None else f" ± {error:.4f}"
     return (
-        f"{label:<12}within {_num(stiffness.within)}  between {_num(stiffness.between)}"
+        f"{label:<12}within {_num(stiffness.within)}{spread}  between {_num(stiffness.between)}"
         f"  (pooled over pairs: {_num(stiffness.within_pooled)} / "
         f"{_num(stiffness.between_pooled)})"
     )
@@ -49,10 +50,12 @@ def format_evaluation(evaluation: Evaluation) -> str:
         f"parameters  {counts.parameters:,} ({result.mode} mode, {result.precision}, "
         f"{result.device})",
         f"probe loss  {_num(result.probe_loss)}   accuracy {accuracy}",
-        _stiffness_line("cosine", result.cosine),
+        _stiffness_line("cosine", result.cosine, result.uncertainty.get("within_class")),
     ]
     if result.sign is not None:
-        lines.append(_stiffness_line("sign", result.sign))
+        lines.append(
+            _stiffness_line("sign", result.sign, result.uncertainty.get("sign_within_class"))
+        )
     for name, pair_set in result.pair_sets.items():
         lines.append(_stiffness_line(f"{name}", pair_set.cosine))
     if result.distance is not None:
@@ -67,6 +70,8 @@ def format_evaluation(evaluation: Evaluation) -> str:
     if len(result.classes) <= MAX_MATRIX_CLASSES:
         lines.append("class stiffness matrix (cosine; rows: class of x1, columns: class of x2)")
         lines.extend(_matrix_lines(result.classes, result.cosine))
+    if result.uncertainty:
+        lines.append("            (± one jackknife standard error over the held-out examples)")
     timing = ", ".join(f"{k} {v:.3f}s" for k, v in result.timings.items())
     lines.append(f"timings     {timing}")
     return "\n".join(lines)
