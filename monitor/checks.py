@@ -17,7 +17,7 @@ from monitor.config import MonitorConfig, load_config
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
 from monitor.factory import add_import_path, build_model
 from monitor.probe import load_probe
-from monitor.rule_spec import load_rules, uses_min_sigma
+from monitor.rule_spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
 from monitor.stiffness.inputs import ProbeSet
 
 
@@ -78,14 +78,16 @@ def run_checks(config_path: str | Path) -> CheckReport:
         text = source.read_text(encoding="utf-8")
         rules = load_rules(config.rules, source, text)
         report.notes.append(f"rules       {len(rules.rules)} rule(s) from {rules.source}")
-        if (
-            uses_min_sigma(rules)
-            and config.stiffness.mode == "class"
-            and not config.stiffness.uncertainty
-        ):
+        sigma_metrics = min_sigma_metrics(rules)
+        if sigma_metrics and config.stiffness.mode == "class" and not config.stiffness.uncertainty:
             report.warnings.append(
                 f"{source}: stiffness.uncertainty: a rule uses min_sigma, which has no effect "
                 "unless class mode computes standard errors (set stiffness.uncertainty: true)"
+            )
+        for metric in sorted(sigma_metrics - METRICS_WITH_ERRORS):
+            report.warnings.append(
+                f"{rules.source}: min_sigma on {metric} has no effect: standard errors exist "
+                f"only for {', '.join(sorted(METRICS_WITH_ERRORS))}"
             )
     except ConfigError as exc:
         report.problems.extend(exc.problems)

@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("-c", "--config", required=True, help="the YAML config file")
 
+    backtest = commands.add_parser(
+        "backtest", help="replay rules over stored results: where would they have stopped?"
+    )
+    backtest.add_argument("-c", "--config", required=True, help="the YAML config file")
+    backtest.add_argument("--rules", help="a rules file to try instead of the config's rules")
+    backtest.add_argument("--run", help="only this run")
+    backtest.add_argument("--json", action="store_true", help="print a JSON list")
+
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
     return parser
@@ -88,6 +96,30 @@ def _watch(args: argparse.Namespace) -> int:
     return Daemon(config).run()
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monitor.backtest import backtest_store, format_backtest
+    from monitor.rule_spec import load_rules
+
+    config = load_config(args.config)
+    if args.rules:
+        spec: Path | list[dict[str, object]] | None = Path(args.rules).resolve()
+    else:
+        spec = config.rules
+    rules = load_rules(spec, config.source, config.source.read_text(encoding="utf-8"))
+    label = "inline" if isinstance(spec, list) else rules.source
+    results = backtest_store(config.store.path, rules, label, args.run)
+    if args.json:
+        print(json.dumps([item.to_dict() for item in results], allow_nan=False))
+    else:
+        for item in results:
+            print(format_backtest(item))
+        if not results:
+            print(f"no stored evaluations in {config.store.path}")
+    return EXIT_OK
+
+
 def _check(args: argparse.Namespace) -> int:
     report = run_checks(args.config)
     for line in report.notes:
@@ -106,7 +138,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handlers = {"evaluate": _evaluate, "check": _check, "watch": _watch}
+    handlers = {"evaluate": _evaluate, "check": _check, "watch": _watch, "backtest": _backtest}
     try:
         return handlers[args.command](args)
     except CONFIG_ERRORS as exc:

@@ -21,10 +21,12 @@ from types import FrameType
 from typing import Any
 
 from monitor.config import MonitorConfig, load_config
+from monitor.decisions import RunDecisions
 from monitor.errors import CheckpointError, ConfigError, EngineError
 from monitor.evaluation import Evaluation, Evaluator
 from monitor.metrics import MonitorMetrics, serve_metrics
 from monitor.rule_spec import RuleSet, load_rules
+from monitor.rules import RuleEngine
 from monitor.store import Store
 from monitor.watching import Candidate, RunWatcher
 from monitor.work_queue import CheckpointQueue
@@ -65,6 +67,7 @@ class Daemon:
         self._evaluated = 0
         self.rules: RuleSet | None = None
         self.metrics_port: int | None = None
+        self._decisions: dict[str, RunDecisions] = {}
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -113,6 +116,8 @@ class Daemon:
             with Store(config.store.path) as store:
                 for run in config.runs:
                     self.metrics.add_run(run.name)
+                self._start_decisions(store)
+                for run in config.runs:
                     watcher = RunWatcher(
                         run,
                         config.watch,
@@ -146,7 +151,7 @@ class Daemon:
             self._drain_problems(store)
             if self._reload.is_set():
                 self._reload.clear()
-                self._reload_rules()
+                self._reload_rules(store)
             taken = self.queue.take(timeout=TAKE_TIMEOUT)
             if taken is None:
                 if time.monotonic() - last_activity >= heartbeat:
@@ -213,7 +218,18 @@ class Daemon:
             self._evaluating = False
 
     def after_evaluation(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
-        """Hook for the decision layer (rules, stop signal); evaluations are stored already."""
+        """Hand the stored evaluation to its run's rules (verdicts, stop signal)."""
+        decisions = self._decisions.get(evaluation.run or "")
+        if decisions is not None:
+            decisions.observe(evaluation_id, evaluation)
+
+    def _start_decisions(self, store: Store) -> None:
+        """Rules for every run, their state replayed from the stored history."""
+        assert self.rules is not None
+        self._decisions = {
+            run.name: RunDecisions(run, self.rules, self.config, store, self.metrics)
+            for run in self.config.runs
+        }
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -273,11 +289,14 @@ class Daemon:
             extra={"fields": {"evaluated": self._evaluated, "queue": self.queue.depth()}},
         )
 
-    def _reload_rules(self) -> None:
+    def _reload_rules(self, store: Store) -> None:
         try:
             fresh = load_config(self.config.source)  # inline rules live in the config file
-            self.rules = load_rules(fresh.rules, fresh.source)
-        except ConfigError as error:
+            rules = load_rules(fresh.rules, fresh.source)
+            RuleEngine(rules)  # e.g. two rules with one name: refuse before replacing
+        except (ConfigError, ValueError) as error:
             log.error("rules not reloaded, keeping the previous ones: %s", error)
             return
-        log.info("rules reloaded: %d rule(s) from %s", len(self.rules.rules), self.rules.source)
+        self.rules = rules
+        self._start_decisions(store)
+        log.info("rules reloaded: %d rule(s) from %s", len(rules.rules), rules.source)

@@ -28,6 +28,7 @@ METRICS = frozenset(
         "within_class_pooled",
         "between_class_pooled",
         "sign_within_class",
+        "sign_within_class_pooled",
         "sign_between_class",
         "train_val_within_class",
         "train_val_between_class",
@@ -88,8 +89,14 @@ class DeclineRule(_TrackedRule):
 
 
 class SlopeRule(_TrackedRule):
-    """The least-squares slope (per 1000 steps) of the last ``window`` smoothed values stays
-    on the wrong side of ``threshold`` for ``patience`` evaluations."""
+    """The least-squares slope (per 1000 steps) of the last ``window`` smoothed values shows
+    too little improvement for ``patience`` evaluations.
+
+    ``threshold`` is the slowest improvement per 1000 steps that still counts as fine: with
+    mode max an evaluation is bad when slope < threshold, with mode min when -slope <
+    threshold. So 0 flags any worsening, a negative value tolerates slow worsening, and a
+    positive value also flags a plateau.
+    """
 
     kind: Literal["slope"]
     window: int = Field(5, ge=2)
@@ -156,6 +163,15 @@ class RuleSet(_Strict):
     rules: list[Rule] = Field(min_length=1)
     source: str = Field("inline", exclude=True)
 
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Any]) -> list[Any]:
+        names = [rule.name or f"{rule.kind}-{index}" for index, rule in enumerate(rules)]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"expected unique rule names, got duplicates {duplicates}")
+        return rules
+
 
 AllRule.model_rebuild()
 AnyRule.model_rebuild()
@@ -203,12 +219,18 @@ def load_rules(
     return parse_rules(data, path, text)
 
 
-def uses_min_sigma(rules: RuleSet) -> bool:
-    """True when some rule (at any depth) asks for drops beyond ``min_sigma`` standard errors."""
+#: Metrics for which an evaluation can carry a standard error (``min_sigma`` works on these).
+METRICS_WITH_ERRORS = frozenset(
+    {"within_class", "within_class_pooled", "sign_within_class", "sign_within_class_pooled"}
+)
 
-    def walk(rule: Any) -> bool:
+
+def min_sigma_metrics(rules: RuleSet) -> set[str]:
+    """The metrics of every rule (at any depth) that asks for drops beyond ``min_sigma``."""
+
+    def walk(rule: Any) -> set[str]:
         if isinstance(rule, (AllRule, AnyRule)):
-            return any(walk(sub) for sub in rule.rules)
-        return float(getattr(rule, "min_sigma", 0.0)) > 0
+            return set().union(*(walk(sub) for sub in rule.rules))
+        return {rule.metric} if float(getattr(rule, "min_sigma", 0.0)) > 0 else set()
 
-    return any(walk(rule) for rule in rules.rules)
+    return set().union(*(walk(rule) for rule in rules.rules))

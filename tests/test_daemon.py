@@ -48,8 +48,15 @@ def test_evaluates_a_live_trainer_in_step_order_and_stops_on_sigterm(tmp_path: P
             what="three evaluations",
         )
         assert steps == [38, 76, 114]
-        exposition = daemon.scrape()
-        assert metric_value(exposition, "stiffness_checkpoints_evaluated_total", run="digits") == 3
+        # Stored first, exported right after: wait for the scrape to catch up.
+        exposition = wait_for(
+            lambda: (
+                (text := daemon.scrape())
+                and metric_value(text, "stiffness_checkpoints_evaluated_total", run="digits") == 3
+                and text
+            ),
+            what="the third evaluation in the metrics",
+        )
         assert metric_value(exposition, "stiffness_checkpoint_step", run="digits") == 114
         assert metric_value(exposition, "stiffness_queue_depth", run="digits") == 0
         within = metric_value(exposition, "stiffness_within_class", run="digits")

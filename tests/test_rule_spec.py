@@ -86,3 +86,10 @@ def test_rule_file_errors(tmp_path: Path) -> None:
     scalar.write_text("just text\n")
     with pytest.raises(ConfigError, match="expected a mapping with a 'rules' list"):
         load_rules(scalar, tmp_path / "config.yaml")
+
+
+def test_duplicate_rule_names_are_named_with_the_file() -> None:
+    with pytest.raises(ConfigError, match="duplicates \\['same'\\]"):
+        parse_rules(
+            [{"kind": "decline", "name": "same"}, {"kind": "slope", "name": "same"}], "r.yaml"
+        )

@@ -3,6 +3,8 @@
 Each checkpoint is a ``torch.save`` dict with ``model_state_dict``, ``global_step`` and
 ``epoch``, written to a temporary file and renamed into place so a watcher never sees half
 of it. Optional label noise makes the model overfit, which is what stiffness should reveal.
+After every epoch it checks the stop file the monitor writes (``STOP`` in the output folder
+by default) and ends training when it appears.
 
     python examples/digits/train.py --epochs 20 --out examples/digits/checkpoints
 """
@@ -12,10 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from monitor.trainer import should_stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_data import training_data
@@ -32,6 +37,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "checkpoints")
+    parser.add_argument("--stop-file", type=Path, help="stop file to poll (default: OUT/STOP)")
+    parser.add_argument(
+        "--epoch-pause", type=float, default=0.0, help="seconds to wait after each epoch"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -42,6 +51,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     args.out.mkdir(parents=True, exist_ok=True)
+    stop_file = args.stop_file or args.out / "STOP"
     step = 0
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(len(targets))
@@ -58,7 +68,11 @@ def main() -> None:
             {"model_state_dict": model.state_dict(), "global_step": step, "epoch": epoch}, temporary
         )
         os.replace(temporary, final)
-        print(f"epoch {epoch:3d}  step {step:5d}  loss {loss.item():.4f}  -> {final}")
+        print(f"epoch {epoch:3d}  step {step:5d}  loss {loss.item():.4f}  -> {final}", flush=True)
+        time.sleep(args.epoch_pause)
+        if should_stop(stop_file):
+            print(f"stop file {stop_file} found: stopping after epoch {epoch}", flush=True)
+            return
 
 
 if __name__ == "__main__":
