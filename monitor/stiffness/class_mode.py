@@ -53,20 +53,15 @@ def classmate_dots(
     which the class sums alone cannot give; recomputing the gradients costs one more pass.
     """
     t = torch.zeros(layout.size, dtype=torch.float64)
-    usable = stats.usable
+    members = stats.usable & layout.held_out  # (N,)
     for chunk in stream.chunks(0, layout.size):
-        local = usable[chunk.start : chunk.stop] & layout.held_out[chunk.start : chunk.stop]
-        keep = local.nonzero().squeeze(1)
-        if keep.numel():
-            norms = stats.norms[chunk.start : chunk.stop][keep]
-            units = chunk.grads.index_select(0, keep.to(chunk.grads.device)).double()
-            units.mul_((1.0 / norms).to(units.device).unsqueeze(1))  # (k, P) u_i
-            rows = sums.index_select(
-                0, layout.class_index[chunk.start : chunk.stop][keep].to(sums.device)
-            ).double()  # (k, P) S_a(i)
-            dots = (units * rows).sum(dim=1) - units.square().sum(dim=1)  # (k,)
-            t[chunk.start + keep] = dots.cpu()
-            del units, rows
+        span = slice(chunk.start, chunk.stop)
+        projections = dot64(chunk.grads, sums)  # (b, P) x (C, P) -> (b, C): g_i·S_a, one GEMM
+        rows = torch.arange(chunk.stop - chunk.start)
+        norms = stats.norms[span]
+        along = projections[rows, layout.class_index[span]] / norms  # u_i·S_a(i)
+        self_term = squared_norms64(chunk.grads) / norms.square()  # |u_i|², 1 up to rounding
+        t[span] = torch.where(members[span], along - self_term, 0.0)
         del chunk
     return t
 
@@ -92,7 +87,10 @@ def class_mode(
         keep = usable.nonzero().squeeze(1)  # (k,) local rows with a direction
         if keep.numel():
             scale = (1.0 / norms[keep]).to(device=chunk.grads.device, dtype=chunk.grads.dtype)
-            units = chunk.grads.index_select(0, keep.to(chunk.grads.device))  # (k, P)
+            if keep.numel() == chunk.grads.shape[0]:  # the usual case: scale in place
+                units = chunk.grads
+            else:
+                units = chunk.grads.index_select(0, keep.to(chunk.grads.device))  # (k, P)
             units.mul_(scale.unsqueeze(1))  # u_i = g_i / |g_i|
             where = slot[chunk.start : chunk.stop][keep]  # (k,)
             sums.index_add_(0, where.to(units.device), units)  # S[slot_i] += u_i
