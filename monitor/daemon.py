@@ -220,8 +220,15 @@ class Daemon:
     def after_evaluation(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
         """Hand the stored evaluation to its run's rules (verdicts, stop signal)."""
         decisions = self._decisions.get(evaluation.run or "")
-        if decisions is not None:
+        if decisions is None:
+            return
+        try:
             decisions.observe(evaluation_id, evaluation)
+        except Exception as error:  # the evaluation is stored; a rules failure must not stop us
+            log.debug("rules failed", exc_info=True)
+            self.metrics.count_error(evaluation.run or "", "rules")
+            log.error("rules not applied to %s: %s: %s", evaluation.checkpoint,
+                      type(error).__name__, error)  # fmt: skip
 
     def _start_decisions(self, store: Store) -> None:
         """Rules for every run, their state replayed from the stored history."""
