@@ -158,17 +158,11 @@ def detect_format(path: Path) -> str:
     return by_suffix.get(suffix, "state_dict")
 
 
-def read_checkpoint(
-    path: str | Path,
-    config: CheckpointConfig,
-    template: Mapping[str, torch.Tensor] | None = None,
-) -> LoadedCheckpoint:
+def read_checkpoint(path: str | Path, config: CheckpointConfig) -> LoadedCheckpoint:
     """Read one checkpoint with the configured (or detected) format.
 
-    ``template`` (the model's state dict) is accepted for callers that have one; no format
-    needs it, since DCP's metadata records every shape and dtype.
+    No format needs the model to be read: DCP's metadata records every shape and dtype.
     """
-    del template  # see the docstring: kept so callers need not know which formats use it
     path = Path(path).expanduser()
     if path.name == ".metadata" or path.name.endswith(".index.json"):
         path = path.parent  # a DCP or sharded HF checkpoint, named by its index file

@@ -19,8 +19,8 @@ from typing import Any
 from monitor.config import MonitorConfig, RunConfig
 from monitor.evaluation import Evaluation
 from monitor.metrics import MonitorMetrics
-from monitor.rule_kinds import rule_name as rule_name_of
 from monitor.rule_spec import RuleSet
+from monitor.rule_spec import rule_name as rule_name_of
 from monitor.rules import RuleEngine
 from monitor.stop_signal import (
     StopSignal,

@@ -119,8 +119,7 @@ class Evaluator:
     def evaluate(self, path: str | Path, run: str | None = None) -> Evaluation:
         """Load one checkpoint's weights and measure stiffness on the probe."""
         started = time.perf_counter()
-        template = self._model.state_dict() if self._model is not None else None
-        loaded = read_checkpoint(path, self.config.checkpoint, template)
+        loaded = read_checkpoint(path, self.config.checkpoint)
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
         result = compute_stiffness(model, self.probe, self.options, self.device)

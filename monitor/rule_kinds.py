@@ -45,11 +45,6 @@ class Verdict:
     reason: str
 
 
-def rule_name(spec: RuleSpec, index: int) -> str:
-    """A rule's name: its own, else ``<kind>-<index>`` (its position among its siblings)."""
-    return spec.name or f"{spec.kind}-{index}"
-
-
 def where(step: int | None, index: int) -> str:
     """Sentences name the step; evaluations count from 1 (``index`` counts from 0)."""
     return f"step {step}" if step is not None else f"evaluation #{index + 1}"

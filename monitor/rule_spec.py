@@ -156,6 +156,11 @@ Rule = Annotated[
 RULE_KINDS = ("decline", "slope", "threshold", "non_finite", "all", "any")
 
 
+def rule_name(rule: Any, index: int) -> str:
+    """A rule's name: its own, else ``<kind>-<index>`` (its position among its siblings)."""
+    return str(rule.name or f"{rule.kind}-{index}")
+
+
 class RuleSet(_Strict):
     """A rule file: the top-level rules are alternatives (any one of them stops the run)."""
 
@@ -166,7 +171,7 @@ class RuleSet(_Strict):
     @field_validator("rules")
     @classmethod
     def _unique_names(cls, rules: list[Any]) -> list[Any]:
-        names = [rule.name or f"{rule.kind}-{index}" for index, rule in enumerate(rules)]
+        names = [rule_name(rule, index) for index, rule in enumerate(rules)]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"expected unique rule names, got duplicates {duplicates}")

@@ -28,11 +28,18 @@ from monitor.rule_kinds import (
     Slope,
     Threshold,
     Verdict,
-    rule_name,
     where,
 )
 from monitor.rule_metrics import metric_reading, metric_value, standard_error
-from monitor.rule_spec import AllRule, AnyRule, DeclineRule, NonFiniteRule, RuleSet, SlopeRule
+from monitor.rule_spec import (
+    AllRule,
+    AnyRule,
+    DeclineRule,
+    NonFiniteRule,
+    RuleSet,
+    SlopeRule,
+    rule_name,
+)
 from monitor.store_schema import Decision
 
 __all__ = [

@@ -209,12 +209,6 @@ def test_index_files_name_their_folder(net: Net, tmp_path: Path) -> None:
     assert read_checkpoint(index, config()).path == hf_folder
 
 
-def test_dcp_loads_with_a_template(net: Net, tmp_path: Path) -> None:
-    path = writers.write_dcp(tmp_path, net)
-    loaded = read_checkpoint(path, config(), template=Net().state_dict())
-    assert_same_state(load_weights(Net(), loaded), net)
-
-
 # --- self-describing formats ----------------------------------------------------------------
 
 

@@ -26,7 +26,6 @@ from torch.func import functional_call, grad_and_value, vmap
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
 from monitor.stiffness.outputs import check_logits, extract_logits
-from monitor.stiffness.parameters import ParameterSelection
 from monitor.stiffness.provider_base import ProviderBase
 
 
@@ -52,16 +51,7 @@ def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
 class FuncGradients(ProviderBase):
     """Per-example gradients of the per-example cross-entropy via ``vmap(grad_and_value)``."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        selection: ParameterSelection,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        device: torch.device,
-        precision: str = "fp32",
-    ) -> None:
-        super().__init__(model, selection, inputs, targets, device, precision)
+    def _prepare(self) -> None:
         self._batched = vmap(grad_and_value(self._example_loss, has_aux=True), in_dims=(None, 0, 0))
 
     def _example_loss(

@@ -23,34 +23,23 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
 from monitor.stiffness.outputs import check_logits, extract_logits
-from monitor.stiffness.parameters import ParameterSelection
 from monitor.stiffness.provider_base import ProviderBase
 
 
 class LoopGradients(ProviderBase):
     """Per-example gradients of the per-example cross-entropy, one example at a time."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        selection: ParameterSelection,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        device: torch.device,
-        precision: str = "fp32",
-    ) -> None:
-        super().__init__(model, selection, inputs, targets, device, precision)
-        live = dict(model.named_parameters())
-        self.params = [live[name] for name in selection.names]  # the module's own tensors
+    def _prepare(self) -> None:
+        live = dict(self.model.named_parameters())
+        self.params = [live[name] for name in self.selection.names]  # the module's own tensors
         sizes = [int(p.numel()) for p in self.params]
         starts = [0, *itertools.accumulate(sizes)]
         self.slices = [slice(a, a + n) for a, n in zip(starts, sizes, strict=False)]  # in rows
-        self.state = [*live.values(), *(b for _, b in model.named_buffers())]
+        self.state = [*live.values(), *(b for _, b in self.model.named_buffers())]
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.precision != "bf16":

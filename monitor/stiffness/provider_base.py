@@ -11,7 +11,8 @@ from monitor.stiffness.parameters import ParameterSelection
 
 
 class ProviderBase:
-    """Holds a backend's inputs; subclasses add ``__call__(start, stop) -> GradientChunk``."""
+    """Holds a backend's inputs; subclasses add ``__call__(start, stop) -> GradientChunk``
+    and, for work done once per evaluation, ``_prepare``."""
 
     def __init__(
         self,
@@ -28,6 +29,10 @@ class ProviderBase:
         self.targets = targets
         self._device = device
         self.precision = precision
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Set up what every chunk reuses (called at the end of ``__init__``)."""
 
     @property
     def device(self) -> torch.device:
