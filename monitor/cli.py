@@ -14,9 +14,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from monitor import __version__
 from monitor.checks import run_checks
-from monitor.config import load_config
+from monitor.config import StiffnessConfig, load_config
 from monitor.errors import (
     CheckpointError,
     ConfigError,
@@ -74,10 +76,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     overrides = {key: getattr(args, key) for key in ("mode", "device") if getattr(args, key)}
-    if overrides:
-        config = config.model_copy(
-            update={"stiffness": config.stiffness.model_copy(update=overrides)}
-        )
+    if overrides:  # validated like the file's own keys, so '--device gpu' is a clear error
+        try:
+            stiffness = StiffnessConfig.model_validate(
+                {**config.stiffness.model_dump(), **overrides}
+            )
+        except ValidationError as exc:
+            flags = [f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors() if e["loc"]]
+            raise ConfigError(flags or str(exc)) from None
+        config = config.model_copy(update={"stiffness": stiffness})
     evaluator = Evaluator(config, resolve_device(config.stiffness.device))
     evaluation = evaluator.evaluate(args.checkpoint)
     if args.json:

@@ -148,3 +148,10 @@ def test_check_warns_when_min_sigma_cannot_work(tmp_path: Path) -> None:
     assert "warning:" in done.stderr and "stiffness.uncertainty" in done.stderr
     config.write_text(base + "stiffness: {uncertainty: true}\n")
     assert "stiffness.uncertainty" not in cli("check", "-c", config).stderr
+
+
+@pytest.mark.slow
+def test_a_bad_device_flag_is_a_usage_error(example_checkpoints: list[Path]) -> None:
+    done = cli("evaluate", "-c", CONFIG, example_checkpoints[0], "--device", "gpu")
+    assert done.returncode == EXIT_USAGE
+    assert "--device" in done.stderr and "Traceback" not in done.stderr
