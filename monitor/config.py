@@ -192,10 +192,46 @@ class StopConfig(Section):
 
 
 class MetricsConfig(Section):
+    """The exporter (see ``metrics_server``): the files are checked here, so ``check`` sees a
+    bad certificate or an empty password file before the daemon starts."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
     per_class_limit: int = Field(20, ge=0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    basic_auth_user: str | None = Field(None, pattern=r"^[^:]+$")
+    basic_auth_password_file: Path | None = None
+
+    @field_validator("tls_cert", "tls_key", "basic_auth_password_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise ValueError(
+                f"expected a readable file, got {str(path)!r} ({exc.strerror})"
+            ) from None
+        return path
+
+    @model_validator(mode="after")
+    def _complete(self) -> MetricsConfig:
+        from monitor.metrics_server import read_password, tls_context
+
+        pairs = (("tls_cert", "tls_key"), ("basic_auth_user", "basic_auth_password_file"))
+        for first, second in pairs:
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                given, absent = (first, second) if getattr(self, first) else (second, first)
+                raise ValueError(f"expected {absent} together with {given} (both or neither)")
+        if self.tls_cert is not None and self.tls_key is not None:
+            tls_context(self.tls_cert, self.tls_key)
+        if self.basic_auth_password_file is not None:
+            read_password(self.basic_auth_password_file)
+        return self
 
 
 class StoreConfig(Section):

@@ -24,7 +24,8 @@ from monitor.config import MonitorConfig, load_config
 from monitor.decisions import RunDecisions
 from monitor.errors import CheckpointError, ConfigError, EngineError
 from monitor.evaluation import Evaluation, Evaluator
-from monitor.metrics import MonitorMetrics, serve_metrics
+from monitor.metrics import MonitorMetrics
+from monitor.metrics_server import MetricsServer
 from monitor.rule_spec import RuleSet, load_rules
 from monitor.rules import RuleEngine
 from monitor.store import Store
@@ -58,7 +59,11 @@ class Daemon:
 
     def __init__(self, config: MonitorConfig, metrics: MonitorMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics if metrics is not None else MonitorMetrics()
+        self.metrics = (
+            metrics
+            if metrics is not None
+            else MonitorMetrics(per_class_limit=config.metrics.per_class_limit)
+        )
         self.queue = CheckpointQueue(config.watch.backlog, on_depth=self.metrics.set_queue_depth)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -68,6 +73,7 @@ class Daemon:
         self.rules: RuleSet | None = None
         self.metrics_port: int | None = None
         self._decisions: dict[str, RunDecisions] = {}
+        self._known: frozenset[tuple[str, str]] = frozenset()  # (run, fingerprint) stored before
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -93,6 +99,8 @@ class Daemon:
     # -- callbacks from watcher threads ----------------------------------------------------
 
     def _on_ready(self, candidate: Candidate) -> None:
+        if (candidate.run, candidate.fingerprint) not in self._known:
+            self.metrics.count_discovered(candidate.run)  # counted when queued: a stall shows
         self.queue.put(candidate)
 
     def _on_problem(self, run: str, path: Path | None, reason: str, message: str) -> None:
@@ -105,15 +113,17 @@ class Daemon:
         config = self.config
         self._install_signal_handlers()  # first: a stop during a slow start-up is clean too
         self.rules = load_rules(config.rules, config.source)
-        evaluator = Evaluator(config)
         server = None
-        if config.metrics.enabled:
-            server, _ = serve_metrics(self.metrics, config.metrics.host, config.metrics.port)
-            self.metrics_port = server.server_port
-            log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.server_port)
+        if config.metrics.enabled:  # first, so /healthz answers while the model loads
+            server = MetricsServer(self.metrics.registry, lambda: self.metrics.is_ready,
+                                   config.metrics).start()  # fmt: skip
+            self.metrics_port = server.port
+            log.info("metrics on %s", server.url)
         watchers: list[RunWatcher] = []
         try:
+            evaluator = Evaluator(config)
             with Store(config.store.path) as store:
+                self._known = frozenset((e.run, e.fingerprint) for e in store.evaluations())
                 for run in config.runs:
                     self.metrics.add_run(run.name)
                 self._start_decisions(store)
@@ -127,6 +137,7 @@ class Daemon:
                     )
                     watcher.start()
                     watchers.append(watcher)
+                self.metrics.set_ready(True)
                 log.info(
                     "watching %d run(s) on %s; store %s",
                     len(config.runs),
@@ -136,11 +147,11 @@ class Daemon:
                 )
                 self._loop(store, evaluator)
         finally:
+            self.metrics.set_ready(False)
             for watcher in watchers:
                 watcher.stop()
             if server is not None:
-                server.shutdown()
-                server.server_close()
+                server.stop()
         log.info("stopped", extra={"fields": {"evaluated": self._evaluated}})
         return 0
 
@@ -224,6 +235,8 @@ class Daemon:
             return
         try:
             decisions.observe(evaluation_id, evaluation)
+            self.metrics.set_rule_states(decisions.run.name, decisions.rules,
+                                         decisions.engine.state())  # fmt: skip
         except Exception as error:  # the evaluation is stored; a rules failure must not stop us
             log.debug("rules failed", exc_info=True)
             self.metrics.count_error(evaluation.run or "", "rules")
@@ -237,6 +250,8 @@ class Daemon:
             run.name: RunDecisions(run, self.rules, self.config, store, self.metrics)
             for run in self.config.runs
         }
+        for name, decisions in self._decisions.items():  # the replayed state, before any news
+            self.metrics.set_rule_states(name, decisions.rules, decisions.engine.state())
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -253,6 +268,7 @@ class Daemon:
             duration=duration,
             finished_at=time.time(),
         )
+        self.metrics.set_class_within(run, result.classes, result.cosine.per_class)
         fields: dict[str, Any] = {
             "run": run,
             "step": evaluation.step,
