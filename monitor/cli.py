@@ -13,12 +13,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from monitor import __version__
 from monitor.checks import run_checks
 from monitor.config import StiffnessConfig, load_config
+from monitor.demo_trainer import ExtraMissingError
 from monitor.errors import (
     CheckpointError,
     ConfigError,
@@ -27,11 +29,12 @@ from monitor.errors import (
     MonitorError,
     ProbeError,
 )
+from monitor.report import UnknownRunError
 from monitor.summary import format_evaluation
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-#: Bad input in what the operator configured: fix the config, then run again.
-CONFIG_ERRORS = (ConfigError, ModelFactoryError, ProbeError)
+#: Bad input in what the operator configured (or a missing extra): fix it, then run again.
+CONFIG_ERRORS = (ConfigError, ModelFactoryError, ProbeError, ExtraMissingError, UnknownRunError)
 
 log = logging.getLogger("monitor")
 
@@ -68,7 +71,51 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
+
+    report = commands.add_parser("report", help="render figures and an HTML page from the store")
+    report.add_argument("-c", "--config", required=True, help="the YAML config file")
+    report.add_argument("--out", required=True, type=Path, help="folder for index.html and PNGs")
+    report.add_argument("--run", help="only this run")
+    report.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        metavar="STEP",
+        help="checkpoints for the class heatmaps (nearest evaluated; default: 4 spread out)",
+    )
+    _demo_parser(commands)
     return parser
+
+
+def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from monitor.demo import DemoOptions
+
+    d = DemoOptions()
+    demo = commands.add_parser(
+        "demo",
+        help="train a small net on digits with the daemon watching, stop it, show the report",
+        description="Runs a trainer and the daemon as subprocesses on scikit-learn's digits "
+        "(no download, no config) until the shipped default rules stop training.",
+    )
+    demo.add_argument(
+        "--workdir", type=Path, default=d.workdir, help="working folder (%(default)s)"
+    )
+    demo.add_argument("--noise", type=float, default=d.noise, help="label noise (%(default)s)")
+    demo.add_argument("--lr", type=float, default=d.lr, help="learning rate (%(default)s)")
+    demo.add_argument("--epochs", type=int, default=d.epochs, help="at most (%(default)s)")
+    demo.add_argument("--seed", type=int, default=d.seed, help="training seed (%(default)s)")
+    demo.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=d.epoch_seconds,
+        help="pad each epoch to this many seconds, as a slower job would be (%(default)s)",
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="short epochs and a smaller probe (for CI)"
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true", help="keep the daemon running until Ctrl-C"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -142,10 +189,43 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from monitor.report import write_report
+
+    page = write_report(args.config, args.out, args.run, args.steps)
+    print(f"report: {page}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from monitor.demo import DemoOptions, run_demo
+
+    if not 0.0 <= args.noise <= 1.0 or args.lr <= 0 or args.epochs < 1:
+        raise ConfigError("--noise must be in [0, 1], --lr above 0 and --epochs at least 1")
+    options = DemoOptions(
+        workdir=args.workdir,
+        noise=args.noise,
+        lr=args.lr,
+        epochs=args.epochs,
+        seed=args.seed,
+        epoch_seconds=0.1 if args.quick else args.epoch_seconds,
+        per_class=10 if args.quick else DemoOptions.per_class,
+        keep_running=args.keep_running,
+    )
+    return run_demo(options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handlers = {"evaluate": _evaluate, "check": _check, "watch": _watch, "backtest": _backtest}
+    handlers = {
+        "evaluate": _evaluate,
+        "check": _check,
+        "watch": _watch,
+        "backtest": _backtest,
+        "report": _report,
+        "demo": _demo,
+    }
     try:
         return handlers[args.command](args)
     except CONFIG_ERRORS as exc:

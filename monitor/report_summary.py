@@ -1,0 +1,95 @@
+"""The demo's closing summary: where the rules stopped the run, and what stopping cost.
+
+An early stop is only worth having if the checkpoint it stops at is about as good as the best
+one the run produced. So the summary sets the stop against the best saved checkpoint on the
+*clean* test set (held out and never noisy, unlike the training labels), which the monitor
+never sees: it is the honest judge of the stop, not an input to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from monitor.demo_trainer import accuracy, build_mlp, split_digits
+from monitor.store import Store
+from monitor.trainer import read_stop
+
+
+@dataclass(frozen=True)
+class CheckpointScore:
+    """One evaluated checkpoint, with its epoch and its clean test accuracy."""
+
+    step: int
+    epoch: int
+    probe_accuracy: float | None
+    test_accuracy: float
+
+
+def score_checkpoints(store_path: Path, run: str) -> list[CheckpointScore]:
+    """Every evaluated checkpoint of ``run`` that still exists, in step order."""
+    data = split_digits()
+    model = build_mlp()
+    scores = []
+    with Store(store_path, readonly=True) as store:
+        evaluations = store.evaluations(run)
+    for item in evaluations:
+        path = Path(item.path)
+        if item.step is None or not path.is_file():
+            continue
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model_state_dict"])
+        model.eval()
+        scores.append(
+            CheckpointScore(
+                step=item.step,
+                epoch=int(payload.get("epoch", 0)),
+                probe_accuracy=item.probe_accuracy,
+                test_accuracy=accuracy(model, data.test_inputs, data.test_targets),
+            )
+        )
+    return scores
+
+
+def _accuracy(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summarise(store_path: Path, run: str, stop_file: Path, report: Path, epochs: int) -> str:
+    """The summary lines: stop (or plainly no stop), accuracy there vs the best, the report."""
+    scores = score_checkpoints(store_path, run)
+    with Store(store_path, readonly=True) as store:
+        stop = store.stop_for(run)
+    lines = ["", "summary"]
+    trained = max((score.epoch for score in scores), default=0)
+    if stop is None:
+        lines.append(
+            f"  the rules did NOT stop this run: it trained {trained} of {epochs} epochs and no "
+            "stop file was written (try more --epochs, more --noise or a larger --lr)"
+        )
+    else:
+        step = int(stop.payload.get("step") or 0)
+        at = next((score for score in scores if score.step == step), None)
+        epoch = "?" if at is None else str(at.epoch)
+        lines.append(f"  stopped at epoch {epoch} (step {step}) by rule {stop.rule}")
+        lines.append(f"    why: {stop.reason}")
+        seen = "found" if read_stop(stop_file) is not None else "did NOT find"
+        lines.append(
+            f"  the trainer {seen} the stop file {stop_file} and ended after epoch {trained} of "
+            f"{epochs}: {epochs - trained} epochs saved"
+        )
+        if at is not None:
+            lines.append(
+                f"  at the stop:      probe accuracy {_accuracy(at.probe_accuracy)}, "
+                f"clean test accuracy {at.test_accuracy:.3f}"
+            )
+    if scores:
+        best = max(scores, key=lambda score: (score.test_accuracy, -score.step))
+        lines.append(
+            f"  best checkpoint:  probe accuracy {_accuracy(best.probe_accuracy)}, clean test "
+            f"accuracy {best.test_accuracy:.3f} (epoch {best.epoch}, of {len(scores)} saved)"
+        )
+    lines.append(f"  report: {report}")
+    return "\n".join(lines)
