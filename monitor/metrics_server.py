@@ -46,6 +46,7 @@ log = logging.getLogger("monitor.metrics_server")
 
 REALM = "stiffness-monitor"
 CONNECTION_TIMEOUT = 30.0  # seconds: a silent client holds one thread at most this long
+SHUTDOWN_POLL = 0.2  # seconds: how long ``stop`` may wait for the serving loop to notice
 StartResponse = Callable[..., Any]
 
 
@@ -145,7 +146,10 @@ class MetricsServer:
         self.server.tls = tls
         self.server.set_app(self._app)
         self._thread = threading.Thread(
-            target=self.server.serve_forever, name="metrics-server", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL},
+            name="metrics-server",
+            daemon=True,
         )
         absent = [name for name, on in (("TLS", tls), ("basic auth", self._credentials)) if not on]
         if absent and not is_loopback(config.host):
