@@ -275,10 +275,11 @@ def test_blocked_pair_mode_equals_cached(monkeypatch: pytest.MonkeyPatch) -> Non
         return original(self, start, stop)
 
     monkeypatch.setattr(FuncGradients, "__call__", counting)
-    cached = compute_stiffness(model, probe, EngineOptions(mode="pair", batch_size=7))
+    options = EngineOptions(mode="pair", batch_size=7, backend="vmap")
+    cached = compute_stiffness(model, probe, options)
     cached_calls = len(calls)
     calls.clear()
-    options = EngineOptions(mode="pair", batch_size=7, memory_limit=1)
+    options = EngineOptions(mode="pair", batch_size=7, memory_limit=1, backend="vmap")
     blocked = compute_stiffness(model, probe, options)
     assert cached_calls == 6 and len(calls) > 6  # the blocked path recomputed chunks
     for a, b in ((cached.cosine, blocked.cosine), (cached.sign, blocked.sign)):
@@ -306,7 +307,7 @@ def test_class_mode_keeps_one_chunk_of_gradients_alive(monkeypatch: pytest.Monke
         return chunk
 
     monkeypatch.setattr(FuncGradients, "__call__", checking)
-    compute_stiffness(model, probe, EngineOptions(batch_size=8))
+    compute_stiffness(model, probe, EngineOptions(batch_size=8, backend="vmap"))
     assert len(earlier) == 5
 
 

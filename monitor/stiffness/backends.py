@@ -1,6 +1,13 @@
-"""Which per-example gradient provider evaluates a model: vmap when it can, the loop when not.
+"""Which per-example gradient provider evaluates a model: layer hooks, vmap, or the loop.
 
-Both providers are exact, so the choice changes speed, never results. The rule:
+Every provider is exact, so the choice changes speed, never results. The rule:
+
+0. With ``backend="auto"`` (or ``"hooks"``), an eager model whose selected parameters a
+   layer rule covers (``monitor.stiffness.layers``: Linear, Conv, norms, Embedding) gets
+   ``HookGradients``: one forward and one backward per chunk and no (b, P) matrix; the
+   parameters no rule covers (or whose rule disagrees with autograd at setup) are computed
+   by the provider rules 1-3 choose, for those parameters only. ``"vmap"`` and ``"loop"``
+   skip the hooks (the benchmark's baseline; a model with side effects under hooks).
 
 1. A TorchScript module (``torch.jit.ScriptModule``, scripted or traced: what TorchScript
    checkpoints load as) goes straight to ``LoopGradients``. ``functional_call`` refuses
@@ -32,6 +39,7 @@ from torch import nn
 from monitor.errors import EngineError
 from monitor.stiffness.func_backend import FuncGradients, VmapError
 from monitor.stiffness.gradients import GradientChunk, GradientProvider
+from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.loop_backend import LoopGradients
 from monitor.stiffness.parameters import ParameterSelection
 
@@ -91,6 +99,52 @@ def _checked(model: nn.Module, provider: FuncGradients | LoopGradients) -> None:
         ) from error
 
 
+def dense_provider(
+    model: nn.Module,
+    selection: ParameterSelection,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    precision: str = "fp32",
+    backend: str = "auto",
+) -> GradientProvider:
+    """vmap with the loop behind it (rules 1-3), or the loop alone; output checked."""
+    loop = LoopGradients(model, selection, inputs, targets, device, precision)
+    if isinstance(model, torch.jit.ScriptModule) or backend == "loop":
+        _checked(model, loop)
+        return loop
+    primary = FuncGradients(model, selection, inputs, targets, device, precision)
+    _checked(model, primary)
+    return FallbackGradients(primary, loop)
+
+
+def _hooks(
+    model: nn.Module,
+    selection: ParameterSelection,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    precision: str,
+) -> HookGradients | None:
+    """The hook provider when rules cover at least one selected parameter (rule 0)."""
+    hooks = HookGradients(model, selection, inputs, targets, device, precision)
+    if not hooks.covered:
+        return None
+    # The loop's checks: logits the targets fit, a deterministic forward that writes to
+    # none of the model's tensors (the hooks would otherwise measure it silently).
+    LoopGradients(model, selection, inputs, targets, device, precision).check_outputs()
+    moved = hooks.check()
+    if moved:
+        logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
+    if not hooks.covered:
+        return None
+    if hooks.fallback_names:
+        hooks.fallback = dense_provider(
+            model, hooks.fallback_selection, inputs, targets, device, precision
+        )
+    return hooks
+
+
 def gradient_provider(
     model: nn.Module,
     selection: ParameterSelection,
@@ -98,15 +152,28 @@ def gradient_provider(
     targets: torch.Tensor,
     device: torch.device,
     precision: str = "fp32",
+    backend: str = "auto",
 ) -> GradientProvider:
     """The provider for ``model`` by the rule above, its output already checked.
 
-    Raises ``EngineError`` when one small forward does not give logits the targets fit.
+    Raises ``EngineError`` when one small forward does not give logits the targets fit, or
+    when ``backend="hooks"`` is asked of a model no layer rule covers.
     """
-    loop = LoopGradients(model, selection, inputs, targets, device, precision)
-    if isinstance(model, torch.jit.ScriptModule):
-        _checked(model, loop)
-        return loop
-    primary = FuncGradients(model, selection, inputs, targets, device, precision)
-    _checked(model, primary)
-    return FallbackGradients(primary, loop)
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    if backend in ("auto", "hooks") and not scripted:
+        try:
+            hooks = _hooks(model, selection, inputs, targets, device, precision)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (EngineError, RuntimeError):
+            if backend == "hooks":
+                raise
+            hooks = None  # the dense providers give the precise reason, or cope
+        if hooks is not None:
+            return hooks
+    if backend == "hooks":
+        raise EngineError(
+            "backend 'hooks' was asked for, but no layer rule covers a selected parameter "
+            "of this model (or it is TorchScript); use backend 'auto'"
+        )
+    return dense_provider(model, selection, inputs, targets, device, precision, backend)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from monitor.stiffness.gradients import ChunkStream, ExampleStats, dot64, squared_norms64
+from monitor.stiffness.gradients import ChunkStream, ExampleStats, Rows, dot64, squared_norms64
+from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
 from monitor.stiffness.uncertainty import jackknife_within
@@ -56,14 +57,25 @@ def classmate_dots(
     members = stats.usable & layout.held_out  # (N,)
     for chunk in stream.chunks(0, layout.size):
         span = slice(chunk.start, chunk.stop)
-        projections = dot64(chunk.grads, sums)  # (b, P) x (C, P) -> (b, C): g_i·S_a, one GEMM
-        rows = torch.arange(chunk.stop - chunk.start)
         norms = stats.norms[span]
-        along = projections[rows, layout.class_index[span]] / norms  # u_i·S_a(i)
+        own = layout.class_index[span]
+        if isinstance(chunk.grads, FactoredRows):  # g_i·S_a(i), parameter by parameter
+            along = chunk.grads.project(sums, own.to(sums.device)) / norms
+        else:
+            projections = dot64(chunk.grads, sums)  # (b, P) x (C, P) -> (b, C): one GEMM
+            rows = torch.arange(chunk.stop - chunk.start)
+            along = projections[rows, own] / norms  # u_i·S_a(i)
         self_term = squared_norms64(chunk.grads) / norms.square()  # |u_i|², 1 up to rounding
         t[span] = torch.where(members[span], along - self_term, 0.0)
         del chunk
     return t
+
+
+def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
+    """A (rows, P) zero matrix on the gradients' device, in their dtype."""
+    if isinstance(grads, FactoredRows):
+        return torch.zeros(rows, grads.width, dtype=grads.dtype, device=grads.device)
+    return grads.new_zeros(rows, grads.shape[1])
 
 
 def class_mode(
@@ -83,9 +95,17 @@ def class_mode(
     for chunk in stream.chunks(0, layout.size):
         norms, usable = stats.record(chunk)
         if sums is None:
-            sums = chunk.grads.new_zeros(sets * c, chunk.grads.shape[1])
+            sums = _zeros_like_rows(chunk.grads, sets * c)
         keep = usable.nonzero().squeeze(1)  # (k,) local rows with a direction
-        if keep.numel():
+        if keep.numel() and isinstance(chunk.grads, FactoredRows):
+            device = chunk.grads.device
+            where = slot[chunk.start : chunk.stop][keep]  # (k,)
+            scale = (1.0 / norms[keep]).to(device=device, dtype=sums.dtype)
+            chunk.grads.add_class_sums(sums, where.to(device), keep.to(device), scale)
+            self_terms.index_add_(0, where, torch.ones(where.shape, dtype=torch.float64))
+            counts.index_add_(0, where, torch.ones_like(where))
+        elif keep.numel():
+            assert isinstance(chunk.grads, torch.Tensor)
             scale = (1.0 / norms[keep]).to(device=chunk.grads.device, dtype=chunk.grads.dtype)
             if keep.numel() == chunk.grads.shape[0]:  # the usual case: scale in place
                 units = chunk.grads

@@ -58,6 +58,38 @@ def _matmul_precision(precision: str) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
+def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
+    """The probe sorted by (split, class), stably, and the order used (new i = old order[i]).
+
+    Class mode's per-chunk work is one weighted product per class present (hook backend):
+    in probe order a chunk of 64 can hold every class; sorted, one or two.
+    """
+    split = probe.is_train.long() if probe.has_splits and probe.is_train is not None else 0
+    key = probe.targets.cpu() + (split * (int(probe.targets.max()) + 1) if probe.size else 0)
+    order = torch.sort(key, stable=True).indices
+    is_train = probe.is_train[order] if probe.is_train is not None else None
+    sorted_probe = ProbeSet(
+        probe.inputs[order], probe.targets[order], is_train, probe.classes,
+        tuple(probe.source_indices[i] for i in order.tolist()), probe.source,
+    )  # fmt: skip
+    return sorted_probe, order
+
+
+def chunk_size(provider: object, options: EngineOptions) -> int:
+    """``batch_size``, lowered so that a chunk's working set fits ``memory_limit``.
+
+    A provider that knows what one example costs a chunk (``example_bytes``: the hook
+    backend measures captured activations, output gradients and the largest per-example
+    weight gradient at setup) gets at most a quarter of the limit per chunk in class mode
+    and pair mode alike (pair mode keeps half for its panel). Out-of-memory on CUDA still
+    halves the chunk and retries (``ChunkStream``).
+    """
+    per_example = int(getattr(provider, "example_bytes", 0) or 0)
+    if options.memory_limit is None or per_example <= 0:
+        return options.batch_size
+    return max(1, min(options.batch_size, options.memory_limit // 4 // per_example))
+
+
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
     """Mean over ``mask``; None when empty or not finite (a NaN loss must not leak out)."""
     if not bool(mask.any()):
@@ -90,6 +122,9 @@ def compute_stiffness(
         raise EngineError("the probe set is empty")
     started = time.perf_counter()
     device = torch.device(device)
+    original = probe
+    if options.mode == "class":  # class-ordered: a chunk touches one or two class sums
+        probe, order = class_ordered(probe)
     layout = ProbeLayout.from_probe(probe)
     with _eval_mode(model), _matmul_precision(options.precision):
         model.to(device)
@@ -98,23 +133,18 @@ def compute_stiffness(
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
         provider = gradient_provider(
-            model, selection, inputs, probe.targets, device, options.precision
+            model, selection, inputs, probe.targets, device, options.precision, options.backend
         )
-        stream = ChunkStream(provider, options.batch_size)
+        stream = ChunkStream(provider, chunk_size(provider, options))
         stats = ExampleStats(probe.size, options.min_grad_norm)
         part: ModeResult
         if options.mode == "class":
             part = class_mode(stream, layout, stats, options.uncertainty)
+            stats.restore_order(order)
+            layout = ProbeLayout.from_probe(original)
         else:
-            bytes_per_row = selection.numel * torch.finfo(selection.dtype).bits // 8
             part = pair_mode(
-                stream,
-                layout,
-                stats,
-                probe.inputs,
-                options.distance_bins,
-                options.memory_limit,
-                bytes_per_row,
+                stream, layout, stats, probe.inputs, options.distance_bins, options.memory_limit
             )
     total = time.perf_counter() - started
     usable, held, train = stats.usable, layout.held_out, layout.train

@@ -22,19 +22,24 @@ from typing import Protocol
 import torch
 
 from monitor.errors import EngineError
+from monitor.stiffness.layers.rows import FactoredRows
+
+#: A chunk's per-example gradients: a (b, P) matrix, or the hook backend's factored rows.
+Rows = torch.Tensor | FactoredRows
 
 
 @dataclass(frozen=True, eq=False)
 class GradientChunk:
     """Per-example results for probe examples ``start`` to ``stop`` (exclusive).
 
-    ``grads`` (b, P) lives on the compute device in float32 (float64 for float64 models);
-    ``losses`` (b,) float64 and ``correct`` (b,) bool live on the host.
+    ``grads`` (b, P) lives on the compute device in float32 (float64 for float64 models),
+    or is ``FactoredRows`` (the hook backend) that answer the same questions without the
+    matrix; ``losses`` (b,) float64 and ``correct`` (b,) bool live on the host.
     """
 
     start: int
     stop: int
-    grads: torch.Tensor
+    grads: Rows
     losses: torch.Tensor
     correct: torch.Tensor
 
@@ -111,7 +116,7 @@ def column_blocks(rows: int, width: int, budget: int = 2**23) -> Iterator[slice]
         yield slice(begin, min(width, begin + step))
 
 
-def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def dot64(a: Rows, b: Rows) -> torch.Tensor:
     """All dot products a_i·b_j: (m, P) x (n, P) -> (m, n) float64 on the host.
 
     Each column block is one matrix product in the inputs' own dtype (fast GEMM); the blocks
@@ -119,6 +124,9 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     subtracts nearly equal sums (|S_a|² - n_a), which this keeps well inside 1e-5. Casting
     whole blocks to float64 first was 5-10× slower on the CPU.
     """
+    if isinstance(a, FactoredRows) and isinstance(b, FactoredRows):
+        return a.dot64(b)
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), "rows of one kind"
     if a.dtype == torch.float64 and b.dtype == torch.float64:
         return (a @ b.T).cpu()  # (m, P) @ (P, n) -> (m, n)
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
@@ -127,7 +135,7 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.cpu()
 
 
-def squared_norms64(g: torch.Tensor) -> torch.Tensor:
+def squared_norms64(g: Rows) -> torch.Tensor:
     """Row-wise |g_i|², (b, P) -> (b,) float64 on the host.
 
     Computed in the gradients' own dtype: torch's reductions sum in blocks, so a float32 norm
@@ -135,6 +143,8 @@ def squared_norms64(g: torch.Tensor) -> torch.Tensor:
     reduction over float32 rows is 20× slower on the CPU (measured: 93 ms against 5 ms for
     a 128 × 269k chunk), which made it the most expensive step of class mode.
     """
+    if isinstance(g, FactoredRows):
+        return g.squared_norms64()
     norms: torch.Tensor = torch.linalg.vector_norm(g, dim=1)
     return norms.double().square().cpu()
 
@@ -162,6 +172,15 @@ class ExampleStats:
         self.losses[chunk.start : chunk.stop] = chunk.losses
         self.correct[chunk.start : chunk.stop] = chunk.correct
         return norms, usable
+
+    def restore_order(self, order: torch.Tensor) -> None:
+        """Statistics recorded for a reordered probe (position i was example order[i]) put
+        back in the caller's order."""
+        for name in ("norms", "losses", "correct"):
+            values = getattr(self, name)
+            restored = torch.empty_like(values)
+            restored[order] = values
+            setattr(self, name, restored)
 
     @property
     def usable(self) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 
 Mode = Literal["class", "pair"]
 Precision = Literal["fp32", "tf32", "bf16"]
+Backend = Literal["auto", "hooks", "vmap", "loop"]
+BACKENDS = ("auto", "hooks", "vmap", "loop")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,12 +88,15 @@ class EngineOptions:
     distance_bins: int = 20
     memory_limit: int | None = None
     uncertainty: bool = False
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):
             raise ValueError(f"mode must be 'class' or 'pair', got {self.mode!r}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.min_grad_norm < 0:

@@ -8,7 +8,9 @@ The Gram is built in blocks without holding N×P when it does not fit: a *panel*
 chunks as the memory budget allows is cached; each panel is multiplied with itself and with
 the chunks after it, which are recomputed on the fly. With a budget that holds the whole
 probe there is one panel and nothing is recomputed; with a budget of one chunk it is the
-classic blocked algorithm, about N²/(2·batch) chunk computations.
+classic blocked algorithm, about N²/(2·batch) chunk computations. Half of
+``memory_limit`` is the panel budget; the other half is for the chunk being computed
+(``engine.chunk_size``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from monitor.stiffness.distance import distance_profile
-from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, dot64
+from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, Rows, dot64
+from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
 from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
@@ -24,26 +27,39 @@ from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
 DEFAULT_CACHE_BYTES = 2**30
 
 
-def _clean(chunk: GradientChunk, stats: ExampleStats) -> torch.Tensor:
+def _clean(chunk: GradientChunk, stats: ExampleStats) -> Rows:
     """Record the chunk; zero non-finite rows so they cannot turn whole Gram rows into NaN."""
     norms, _ = stats.record(chunk)
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
-        chunk.grads[bad.to(chunk.grads.device)] = 0.0
-    return chunk.grads  # (b, P)
+        if isinstance(chunk.grads, FactoredRows):
+            chunk.grads.zero_rows(bad.to(chunk.grads.device))
+        else:
+            chunk.grads[bad.to(chunk.grads.device)] = 0.0
+    return chunk.grads  # (b, P), or factored rows
+
+
+def _nbytes(rows: Rows) -> int:
+    if isinstance(rows, FactoredRows):
+        return rows.nbytes()
+    return rows.numel() * rows.element_size()
 
 
 def gram_matrix(
-    stream: ChunkStream, size: int, stats: ExampleStats, cache_bytes: int, bytes_per_row: int
+    stream: ChunkStream, size: int, stats: ExampleStats, cache_bytes: int
 ) -> torch.Tensor:
-    """All g_i·g_j, (N, N) float64 on the host, caching at most ``cache_bytes`` of gradients."""
+    """All g_i·g_j, (N, N) float64 on the host, caching at most ``cache_bytes`` of gradients.
+
+    A panel grows chunk by chunk until the next chunk would pass the budget (it always
+    holds at least one chunk); what it holds is whatever the backend's rows hold (a (b, P)
+    matrix, or factored rows with their materialised layers).
+    """
     gram = torch.zeros(size, size, dtype=torch.float64)
-    panel_rows = max(stream.batch_size, cache_bytes // max(bytes_per_row, 1))
     start = 0
     while start < size:
-        stop = min(size, start + panel_rows)
-        panel: list[tuple[int, int, torch.Tensor]] = []
-        for chunk in stream.chunks(start, stop):
+        panel: list[tuple[int, int, Rows]] = []
+        held, stop = 0, start
+        for chunk in stream.chunks(start, size):
             g = _clean(chunk, stats)
             for s, e, cached in panel:
                 block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
@@ -51,7 +67,11 @@ def gram_matrix(
                 gram[chunk.start : chunk.stop, s:e] = block.T
             gram[chunk.start : chunk.stop, chunk.start : chunk.stop] = dot64(g, g)
             panel.append((chunk.start, chunk.stop, g))
+            held += _nbytes(g)  # after dot64: materialised layers are counted too
+            stop = chunk.stop
             del chunk, g
+            if held * (len(panel) + 1) > cache_bytes * len(panel):  # the next would not fit
+                break
         for chunk in stream.chunks(stop, size):  # recomputed once per panel
             g = _clean(chunk, stats)
             for s, e, cached in panel:
@@ -88,12 +108,11 @@ def pair_mode(
     inputs: torch.Tensor,
     bins: int,
     memory_limit: int | None,
-    bytes_per_row: int,
 ) -> ModeResult:
     """Gram, then cosine and sign class matrices per pair set and the distance profile."""
     n, c = layout.size, layout.num_classes
-    cache = memory_limit if memory_limit is not None else DEFAULT_CACHE_BYTES
-    gram = gram_matrix(stream, n, stats, cache, bytes_per_row)
+    cache = memory_limit // 2 if memory_limit is not None else DEFAULT_CACHE_BYTES
+    gram = gram_matrix(stream, n, stats, cache)
     usable = stats.usable  # (N,)
     pairs = usable.unsqueeze(1) & usable.unsqueeze(0)  # (N, N): both have a direction
     pairs.fill_diagonal_(False)  # self-pairs never count
