@@ -201,8 +201,15 @@ class MetricsConfig(Section):
     per_class_limit: int = Field(20, ge=0)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    basic_auth_user: str | None = Field(None, pattern=r"^[^:]+$")
+    basic_auth_user: str | None = None
     basic_auth_password_file: Path | None = None
+
+    @field_validator("basic_auth_user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and (not value or ":" in value):
+            raise ValueError(f"expected a non-empty user name without ':', got {value!r}")
+        return value
 
     @field_validator("tls_cert", "tls_key", "basic_auth_password_file")
     @classmethod
@@ -226,7 +233,7 @@ class MetricsConfig(Section):
         for first, second in pairs:
             if (getattr(self, first) is None) != (getattr(self, second) is None):
                 given, absent = (first, second) if getattr(self, first) else (second, first)
-                raise ValueError(f"expected {absent} together with {given} (both or neither)")
+                raise ValueError(f"expected {absent} together with {given}, got only {given}")
         if self.tls_cert is not None and self.tls_key is not None:
             tls_context(self.tls_cert, self.tls_key)
         if self.basic_auth_password_file is not None:

@@ -58,7 +58,7 @@ def read_password(path: Path) -> bytes:
         message = f"expected a readable password file, got {str(path)!r} ({error.strerror})"
         raise ValueError(message) from None
     if not password:
-        raise ValueError(f"expected a non-empty password in {str(path)!r}")
+        raise ValueError(f"expected a password in {str(path)!r}, got an empty file")
     return password
 
 
@@ -75,7 +75,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         raise ValueError(
             f"expected tls_cert {str(cert)!r} and tls_key {str(key)!r} to hold a PEM "
-            f"certificate and its matching private key ({error})"
+            f"certificate and its matching, unencrypted private key, got {error}"
         ) from None
     return context
 
