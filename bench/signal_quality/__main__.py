@@ -1,0 +1,80 @@
+"""``python -m bench.signal_quality``: rebuild (if asked) the histories, then the table.
+
+python -m bench.signal_quality              # table from the cached histories (seconds)
+python -m bench.signal_quality --rebuild    # retrain every scenario first (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.signal_quality.build import CACHE, build, load_histories
+from bench.signal_quality.outcomes import Outcome, evaluate_rules, load_rule_files, score
+from bench.signal_quality.report import render
+from bench.signal_quality.scenarios import HELD_OUT_SEEDS, SELECTION_SEEDS, suite
+from bench.signal_quality.table import END, ORACLE
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SHIPPED = REPO / "rules"
+CANDIDATES = Path(__file__).resolve().parent / "candidates"
+OUT = REPO / "bench" / "signal_quality.md"
+
+
+def run_to_end(history: dict) -> Outcome:  # type: ignore[type-arg]
+    checkpoints = history["checkpoints"]
+    return score(
+        [int(c["step"]) for c in checkpoints],
+        [float(c["test_accuracy"]) for c in checkpoints],
+        None,
+        history["scenario"]["noise"] == 0.0,
+        history["scenario"]["name"],
+        END,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="retrain every scenario first")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes (default 2)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="history cache folder")
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[*SELECTION_SEEDS, *HELD_OUT_SEEDS])
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    scenarios = suite(tuple(args.seeds))
+    trained = build(scenarios, args.cache, args.rebuild, args.jobs)
+    histories = load_histories(scenarios, args.cache)
+    shipped = load_rule_files(sorted(SHIPPED.glob("*.yaml")))
+    candidates = load_rule_files(sorted(CANDIDATES.glob("*.yaml")))
+    clash = sorted(set(shipped) & set(candidates))
+    if clash:
+        parser.error(f"candidate rule files named like shipped ones: {clash}")
+    rule_sets = {**shipped, **candidates}
+    results = {ORACLE: [evaluate_rules(ORACLE, None, h) for h in histories]}
+    results.update({label: [evaluate_rules(label, rs, h) for h in histories]
+                    for label, rs in rule_sets.items()})  # fmt: skip
+    results[END] = [run_to_end(h) for h in histories]
+    run_seconds = [float(h["seconds"]["total"]) for h in histories]
+    text = render(
+        results=results,
+        histories=histories,
+        shipped=shipped,
+        candidates=candidates,
+        selection_seeds=tuple(s for s in args.seeds if s in SELECTION_SEEDS),
+        trained_seconds=trained,
+        run_seconds=run_seconds,
+        jobs=args.jobs,
+    )
+    args.out.write_text(text)
+    print(text.split("\n## ", 2)[1] if "\n## " in text else text)
+    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s "
+          f"(median run {statistics.median(run_seconds):.1f} s)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Train one scenario, write its checkpoints as a trainer does, and evaluate each one with the
+product's ``Evaluator`` (config, model factory, checkpoint loader, probe loader, engine).
+
+The history keeps, per checkpoint, the part of the ``evaluate --json`` object that rules can
+read (the class matrix and gradient norms are dropped to keep the cache small) plus the
+accuracy on the clean test split, which no rule sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.signal_quality import data
+from bench.signal_quality.scenarios import Scenario
+from monitor.config import parse_config
+from monitor.evaluation import Evaluator
+
+#: Fields of the stored evaluation that the benchmark keeps (all a rule can read, see
+#: ``monitor.rule_metrics``), minus the bulky ones inside ``cosine``.
+KEPT = ("step", "mode", "classes", "probe_loss", "probe_accuracy", "uncertainty", "counts")
+COSINE_KEPT = ("within", "between", "within_pooled", "between_pooled", "per_class")
+FACTORIES = {
+    "mlp": "bench.signal_quality.models:build_mlp",
+    "cnn": "bench.signal_quality.models:build_cnn",
+}
+
+
+def load_task(scenario: Scenario) -> data.Splits:
+    loader = data.digits if scenario.task == "digits" else data.synthetic
+    return loader(scenario.noise, scenario.seed)
+
+
+def model_kwargs(scenario: Scenario, splits: data.Splits) -> dict[str, Any]:
+    if scenario.arch == "cnn":
+        return {"classes": splits.classes}
+    return {"inputs": int(splits.train_x.shape[1]), "classes": splits.classes}
+
+
+def trim(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The rule-readable part of an ``evaluate --json`` object."""
+    kept = {key: evaluation.get(key) for key in KEPT}
+    kept["cosine"] = {key: evaluation["cosine"].get(key) for key in COSINE_KEPT}
+    return kept
+
+
+def _evaluator(scenario: Scenario, splits: data.Splits, folder: Path) -> Evaluator:
+    probe = folder / "probe.pt"
+    torch.save({"inputs": splits.probe_x, "targets": splits.probe_y}, probe)
+    per_class = int(torch.bincount(splits.probe_y).min())
+    raw = {
+        "model": {"factory": FACTORIES[scenario.arch], "kwargs": model_kwargs(scenario, splits)},
+        "probe": {"path": "probe.pt", "per_class": per_class, "seed": 0},
+        "stiffness": {"mode": "class", "device": "cpu", "batch_size": 256, "uncertainty": True},
+    }
+    return Evaluator(parse_config(raw, folder / "config.yaml"), torch.device("cpu"))
+
+
+def _save(model: nn.Module, step: int, epoch: int, folder: Path) -> Path:
+    """Temporary file, then rename: how the example trainer (and careful trainers) write."""
+    final = folder / f"step_{step}.pt"
+    temporary = final.with_suffix(".pt.tmp")
+    torch.save(
+        {"model_state_dict": model.state_dict(), "global_step": step, "epoch": epoch}, temporary
+    )
+    os.replace(temporary, final)
+    return final
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    correct = (model(x).argmax(dim=1) == y).float().mean()
+    model.train()
+    return float(correct)
+
+
+def run_scenario(scenario: Scenario, epochs: int | None = None) -> dict[str, Any]:
+    """Train ``scenario`` (for ``epochs``, default its own), evaluating every epoch's checkpoint."""
+    from bench.signal_quality import models
+
+    started = time.perf_counter()
+    splits = load_task(scenario)
+    torch.manual_seed(scenario.seed)
+    build = models.build_cnn if scenario.arch == "cnn" else models.build_mlp
+    model = build(**model_kwargs(scenario, splits))
+    if scenario.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=scenario.lr, momentum=0.9
+        )
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=scenario.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(scenario.seed)
+    checkpoints: list[dict[str, Any]] = []
+    evaluating = 0.0
+    with tempfile.TemporaryDirectory(prefix="signal-quality-") as tmp:
+        folder = Path(tmp)
+        evaluator = _evaluator(scenario, splits, folder)
+        step = 0
+        for epoch in range(1, (epochs or scenario.epochs) + 1):
+            order = torch.randperm(len(splits.train_y), generator=generator)
+            total, batches = 0.0, 0
+            for start in range(0, len(order), scenario.batch_size):
+                batch = order[start : start + scenario.batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(model(splits.train_x[batch]), splits.train_y[batch])
+                loss.backward()
+                optimizer.step()
+                total, batches, step = total + loss.item(), batches + 1, step + 1
+            path = _save(model, step, epoch, folder)
+            tick = time.perf_counter()
+            evaluation = evaluator.evaluate(path, run=scenario.name).to_dict()
+            evaluating += time.perf_counter() - tick
+            path.unlink()
+            checkpoints.append({
+                "step": step,
+                "epoch": epoch,
+                "train_loss": total / batches,
+                "train_accuracy": accuracy(model, splits.train_x, splits.train_y),
+                "test_accuracy": accuracy(model, splits.test_x, splits.test_y),
+                "evaluation": trim(evaluation),
+            })  # fmt: skip
+    return {
+        "scenario": scenario.to_dict(),
+        "noisy_labels": splits.noisy,
+        "train_size": len(splits.train_y),
+        "seconds": {"total": time.perf_counter() - started, "evaluation": evaluating},
+        "checkpoints": checkpoints,
+    }
+
+
+def cache_path(cache: Path, scenario: Scenario) -> Path:
+    return cache / f"{scenario.name}.json"
+
+
+def write_history(path: Path, history: dict[str, Any]) -> None:
+    """Atomic, and refuses to write through a symlink (a cache is still a file we own)."""
+    if path.is_symlink():
+        raise OSError(f"{path}: refusing to write through a symlink")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(history, indent=None, allow_nan=False) + "\n")
+    os.replace(temporary, path)

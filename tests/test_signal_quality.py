@@ -1,0 +1,210 @@
+"""The signal-quality benchmark: its arithmetic by hand, one tiny run end to end, the table.
+
+The benchmark chooses the shipped default rule set, so its scoring must be right: regret,
+savings and early-stop detection are checked on histories small enough to verify by hand, the
+training -> Evaluator -> replay path on a real (tiny) run, and the committed cache must still
+build the table and still choose the default that ``rules/default.yaml`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bench.signal_quality import data
+from bench.signal_quality.__main__ import main
+from bench.signal_quality.build import CACHE, load_histories
+from bench.signal_quality.outcomes import (
+    COSTLY_REGRET,
+    Outcome,
+    best_index,
+    evaluate_rules,
+    rule_stop,
+    score,
+)
+from bench.signal_quality.scenarios import SELECTION_SEEDS, Scenario, suite
+from bench.signal_quality.summary import TIE, choose, summarise
+from bench.signal_quality.training import run_scenario
+from monitor.rule_spec import load_rules, parse_rules
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = REPO / "rules" / "probe_loss_patience.yaml"
+
+# -- scoring, by hand -------------------------------------------------------------------------
+
+STEPS = [10, 20, 30, 40]
+TEST = [0.5, 0.8, 0.7, 0.6]
+
+
+@pytest.mark.parametrize(
+    ("stop", "healthy", "regret", "saved", "stop_step", "early", "costly"),
+    [
+        pytest.param(2, False, 0.1, 0.25, 30, False, False, id="after-best"),
+        pytest.param(1, True, 0.0, 0.5, 20, False, False, id="at-best"),
+        pytest.param(0, True, 0.3, 0.75, 10, True, True, id="healthy-before-best"),
+        pytest.param(0, False, 0.3, 0.75, 10, False, False, id="noisy-before-best-not-counted"),
+        pytest.param(None, True, 0.2, 0.0, 40, False, False, id="never-stops"),
+        pytest.param(3, False, 0.2, 0.0, 40, False, False, id="stops-at-last"),
+    ],
+)
+def test_score_by_hand(
+    stop: int | None,
+    healthy: bool,
+    regret: float,
+    saved: float,
+    stop_step: int,
+    early: bool,
+    costly: bool,
+) -> None:
+    outcome = score(STEPS, TEST, stop, healthy)
+    assert outcome.regret == pytest.approx(regret)
+    assert outcome.saved == pytest.approx(saved)
+    assert outcome.stop_step == stop_step
+    assert (outcome.early, outcome.costly_early) == (early, costly)
+    assert (outcome.best_step, outcome.best_test) == (20, 0.8)
+
+
+def test_an_early_stop_within_a_point_is_early_but_not_costly() -> None:
+    tiny = score([1, 2, 3], [0.95, 0.9549, 0.95], 0, healthy=True)
+    assert tiny.early and not tiny.costly_early
+    assert tiny.regret < COSTLY_REGRET
+    big = score([1, 2, 3], [0.90, 0.95, 0.95], 0, healthy=True)
+    assert big.early and big.costly_early
+
+
+def test_the_oracle_takes_the_first_best_checkpoint() -> None:
+    assert best_index([0.1, 0.9, 0.9, 0.3]) == 1
+    assert best_index([0.7]) == 0
+    with pytest.raises(ValueError, match="empty history"):
+        best_index([])
+
+
+@pytest.mark.parametrize(
+    ("steps", "test", "stop", "fragment"),
+    [
+        pytest.param([1, 2], [0.5], None, "equal", id="lengths"),
+        pytest.param([], [], None, "non-empty", id="empty"),
+        pytest.param([1, 2], [0.5, 0.6], 2, "outside", id="index"),
+    ],
+)
+def test_score_rejects_bad_input(
+    steps: list[int], test: list[float], stop: int | None, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        score(steps, test, stop, healthy=False)
+
+
+def _outcome(name: str, regret: float, saved: float, costly: bool = False) -> Outcome:
+    return Outcome(name, "r", 0, 1, 1, 0.9, 0.9 + regret, 1, regret, saved, costly, costly)
+
+
+def test_summaries_and_the_choice() -> None:
+    healthy = {"a"}
+    summary = summarise([_outcome("a", 0.02, 0.5, True), _outcome("b", 0.04, 0.1)], healthy)
+    assert summary.mean_regret == pytest.approx(0.03)
+    assert summary.max_regret == pytest.approx(0.04)
+    assert summary.mean_saved == pytest.approx(0.3)
+    assert (summary.healthy, summary.early, summary.costly_early) == (1, 1, 1)
+    summaries = {
+        # lowest regret, but a costly early stop on a healthy run: out
+        "reckless": summarise([_outcome("a", 0.0, 0.9, True)], healthy),
+        "careful": summarise([_outcome("a", 0.010, 0.2)], healthy),
+        # within TIE of "careful" and saves more: the tie goes to it
+        "thrifty": summarise([_outcome("a", 0.010 + TIE / 2, 0.4)], healthy),
+        "late": summarise([_outcome("a", 0.010 + 2 * TIE, 0.8)], healthy),
+    }
+    assert choose(summaries) == "thrifty"
+    assert choose({"reckless": summaries["reckless"]}) == "reckless"  # fewest costly, if none clean
+
+
+def _history(losses: list[float], test: list[float]) -> dict[str, Any]:
+    checkpoints = [
+        {"step": 100 * (i + 1), "test_accuracy": t,
+         "evaluation": {"probe_loss": loss, "probe_accuracy": 0.5, "classes": [0, 1],
+                        "cosine": {"within": 0.5, "between": 0.1}}}
+        for i, (loss, t) in enumerate(zip(losses, test, strict=True))
+    ]  # fmt: skip
+    return {"scenario": {"name": "hand", "noise": 0.0}, "checkpoints": checkpoints}
+
+
+def test_rules_are_replayed_by_the_product_engine() -> None:
+    # Lightning defaults: best loss at index 1, then three evaluations without a new best.
+    history = _history([1.0, 0.8, 0.9, 0.85, 0.95, 0.7], [0.5, 0.7, 0.8, 0.6, 0.6, 0.9])
+    baseline = load_rules(BASELINE, BASELINE)
+    assert rule_stop(baseline, history) == 4
+    outcome = evaluate_rules("baseline", baseline, history)
+    assert (outcome.stop_step, outcome.stop_epoch) == (500, 5)
+    assert outcome.regret == pytest.approx(0.3)  # best 0.9 at the end, 0.6 at the stop
+    assert outcome.saved == pytest.approx(1 / 6)
+    assert outcome.early and outcome.costly_early
+    never = parse_rules([{"kind": "threshold", "metric": "probe_loss", "mode": "min",
+                          "stopping_threshold": 0.0}], "inline")  # fmt: skip
+    assert rule_stop(never, history) is None
+    assert evaluate_rules("oracle", None, history).stop_index == 5
+
+
+# -- the data and one tiny run through the real path --------------------------------------
+
+
+def test_splits_are_disjoint_noise_hits_training_only() -> None:
+    splits = data.digits(noise=0.4, seed=3)
+    assert torch.bincount(splits.probe_y).tolist() == [40] * 10
+    assert len(splits.test_y) == 400
+    rows = {tuple(x.tolist()) for x in splits.probe_x}
+    assert not rows & {tuple(x.tolist()) for x in splits.test_x}
+    assert splits.noisy == pytest.approx(0.4 * len(splits.train_y), rel=0.15)
+    clean = data.digits(noise=0.0, seed=3)
+    assert torch.equal(clean.train_x, splits.train_x)  # same split, only labels differ
+    assert int((clean.train_y != splits.train_y).sum()) == splits.noisy  # always a wrong class
+    assert torch.equal(clean.probe_y, splits.probe_y) and torch.equal(clean.test_y, splits.test_y)
+    synthetic = data.synthetic(noise=0.2, seed=0)
+    assert synthetic.classes == 20 and torch.bincount(synthetic.probe_y).tolist() == [25] * 20
+
+
+def test_a_tiny_run_end_to_end_through_evaluator_and_rules() -> None:
+    scenario = Scenario("digits", 0.2, "adam", "high", "mlp", seed=5)
+    history = run_scenario(scenario, epochs=3)
+    json.dumps(history, allow_nan=False)  # what the cache stores
+    checkpoints = history["checkpoints"]
+    assert [c["epoch"] for c in checkpoints] == [1, 2, 3]
+    steps_per_epoch = math.ceil(history["train_size"] / scenario.batch_size)
+    assert [c["step"] for c in checkpoints] == [steps_per_epoch * e for e in (1, 2, 3)]
+    for checkpoint in checkpoints:
+        evaluation = checkpoint["evaluation"]
+        assert evaluation["step"] == checkpoint["step"]  # read back from the checkpoint file
+        assert evaluation["mode"] == "class" and evaluation["classes"] == list(range(10))
+        assert evaluation["counts"]["examples"] == 400  # the whole clean probe
+        assert -1.0 <= evaluation["cosine"]["within"] <= 1.0
+        assert evaluation["uncertainty"]["within_class"] > 0  # jackknife, for min_sigma
+        assert 0.0 <= checkpoint["test_accuracy"] <= 1.0
+    assert checkpoints[-1]["test_accuracy"] > 0.5  # the MLP learns digits in 3 epochs
+    outcome = evaluate_rules("baseline", load_rules(BASELINE, BASELINE), history)
+    assert outcome.scenario == scenario.name and 0.0 <= outcome.saved < 1.0
+
+
+# -- the committed cache and the table ------------------------------------------------------
+
+
+def test_every_scenario_has_a_cached_history() -> None:
+    histories = load_histories(suite(), CACHE)
+    assert len(histories) == len(suite())
+    for history in histories:
+        epochs = history["scenario"]["epochs"]
+        assert len(history["checkpoints"]) == epochs
+    with pytest.raises(FileNotFoundError, match="--rebuild"):
+        load_histories(suite((99,)), CACHE)
+
+
+def test_the_table_builds_from_the_cache_and_chooses_the_shipped_default(tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    assert main(["--out", str(out), "--seeds", *map(str, SELECTION_SEEDS)]) == 0
+    text = out.read_text()
+    assert "2026-11-24" in text and "2-core CPU container" in text
+    assert "`rules/default.yaml` holds exactly these rules." in text
+    for label in ("oracle", "default", "probe_loss_patience", "no rule (run to the end)"):
+        assert f"| `{label}` |" in text
