@@ -208,7 +208,7 @@ def _demo(args: argparse.Namespace) -> int:
         lr=args.lr,
         epochs=args.epochs,
         seed=args.seed,
-        epoch_seconds=0.1 if args.quick else args.epoch_seconds,
+        epoch_seconds=0.5 if args.quick else args.epoch_seconds,
         per_class=10 if args.quick else DemoOptions.per_class,
         keep_running=args.keep_running,
     )
