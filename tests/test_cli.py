@@ -155,3 +155,25 @@ def test_a_bad_device_flag_is_a_usage_error(example_checkpoints: list[Path]) -> 
     done = cli("evaluate", "-c", CONFIG, example_checkpoints[0], "--device", "gpu")
     assert done.returncode == EXIT_USAGE
     assert "--device" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("report", ["--config", "--out", "--run", "--steps"]),
+        ("demo", ["--noise", "--lr", "--epochs", "--workdir", "--keep-running", "--seed"]),
+    ],
+)
+def test_report_and_demo_are_commands(
+    command: str, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == EXIT_OK
+    shown = capsys.readouterr().out
+    assert all(flag in shown for flag in flags), shown
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--no-such-flag"])
+    assert exited.value.code == EXIT_USAGE
