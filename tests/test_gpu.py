@@ -65,3 +65,58 @@ def test_memory_limit_caps_the_process_on_the_gpu() -> None:
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
+
+
+# --- the hook backend (issue 3) on CUDA ----------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv1d", "conv2d", "conv3d", "batchnorm2d",
+                                   "layernorm", "groupnorm", "rmsnorm", "embedding"])  # fmt: skip
+def test_cuda_layer_rules_match_reference(layer: str) -> None:
+    from monitor.stiffness.hooks_backend import HookGradients
+    from monitor.stiffness.layers import FactoredRows
+    from tests.reference import example_gradients
+    from tests.test_layer_rules import RULE_CASES, hooks_for, probe_of
+
+    for seed in range(3):
+        model, x = RULE_CASES[layer](torch.Generator().manual_seed(seed))
+        model = model.double().eval()
+        probe = probe_of(x)
+        want = torch.stack(example_gradients(model, probe)[0])
+        provider = hooks_for(model.cuda(), probe)
+        assert isinstance(provider, HookGradients) and not provider.fallback_names
+        rows = provider(0, probe.size).grads
+        assert isinstance(rows, FactoredRows) and rows.device.type == "cuda"
+        torch.testing.assert_close(rows.squared_norms64(), (want * want).sum(1))
+        torch.testing.assert_close(rows.dot64(provider(0, 3).grads), want @ want[:3].T)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_cuda_mixed_model_matches_reference(mode: Any, precision: Any) -> None:
+    from tests.reference import reference_stiffness
+    from tests.test_layer_rules import mixed
+
+    model, probe = mixed()
+    ref = reference_stiffness(model, probe)
+    result = compute_stiffness(
+        copy.deepcopy(model), probe, EngineOptions(mode=mode, precision=precision), "cuda"
+    )
+    tolerance = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 3e-2}[precision]
+    assert max_error(result.cosine, ref.cosine["val-val"]) < tolerance
+
+
+def test_cuda_class_mode_memory_is_flat_in_n() -> None:
+    """Class mode keeps the class sums and one chunk: peak memory must not grow with N."""
+    from tests.test_layer_rules import mixed
+
+    model, probe = mixed()
+    peaks = []
+    for n in (64, 512):
+        torch.manual_seed(0)
+        inputs = torch.randn(n, *probe.inputs.shape[1:])
+        big = type(probe)(inputs, torch.arange(n) % 3)
+        torch.cuda.reset_peak_memory_stats()
+        compute_stiffness(copy.deepcopy(model), big, EngineOptions(batch_size=32), "cuda")
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[1] < 1.25 * peaks[0] + 2**20

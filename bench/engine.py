@@ -1,0 +1,187 @@
+"""The per-layer engine against the floor and the torch.func baseline (issue 3, DESIGN §3).
+
+For each case: the floor (one batched forward+backward over the probe, summed loss, same
+precision), the ``torch.func`` vmap baseline (class mode, ``backend="vmap"``), our class
+mode and pair mode (``backend="auto"``: layer hooks), the ratios, the largest |Δcos| of the
+class matrix against the float64 one-backward-per-example reference (tests/reference.py)
+on a subset of ``--check`` examples, and peak GPU memory per measurement (CUDA only).
+
+    python bench/engine.py --small                 # CPU sizes, a few minutes on 2 cores
+    python bench/engine.py --device cuda           # full sizes (DESIGN §3 targets)
+    python bench/engine.py --device cuda --precision tf32 --cases resnet18-c10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet import Encoder, ResNet18, mlp
+
+from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
+from tests.reference import reference_stiffness
+
+Case = tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], int, int]
+
+
+def cases(small: bool) -> dict[str, Case]:
+    """name -> (model, inputs of N examples, N, classes)."""
+    if small:
+        return {
+            "mlp": (lambda: mlp(256), lambda n: torch.randn(n, 784), 512, 10),
+            "resnet18-c10": (lambda: ResNet18(10, width=16), _images, 64, 10),
+            "resnet18-c100": (lambda: ResNet18(100, width=16), _images, 200, 100),
+            "encoder": (lambda: Encoder(d=64, seq=32), _tokens(32), 64, 10),
+        }
+    return {
+        "mlp": (lambda: mlp(1024), lambda n: torch.randn(n, 784), 2048, 10),
+        "resnet18-c10": (lambda: ResNet18(10), _images, 1000, 10),
+        "resnet18-c100": (lambda: ResNet18(100), _images, 5000, 100),
+        "encoder": (lambda: Encoder(), _tokens(128), 1000, 10),
+    }
+
+
+def _images(n: int) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32)
+
+
+def _tokens(seq: int) -> Callable[[int], torch.Tensor]:
+    return lambda n: torch.randint(0, 1000, (n, seq))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, work: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall time of ``repeats`` after one warm-up, and peak GPU GiB (nan on the CPU)."""
+    work()
+    _sync(device)
+    best = float("inf")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    )
+    return best, peak
+
+
+def floor(
+    model: nn.Module, probe: ProbeSet, device: torch.device, precision: str, batch: int
+) -> None:
+    """One batched forward+backward over the probe (in chunks of ``batch``), summed loss."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for start in range(0, probe.size, batch):
+        x = probe.inputs[start : start + batch].to(device)
+        y = probe.targets[start : start + batch].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+        torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+
+
+def max_cos_error(
+    result_matrix: list[list[float | None]], ref_matrix: list[list[float | None]]
+) -> float:
+    return max(
+        abs(a - b)
+        for ra, rb in zip(result_matrix, ref_matrix, strict=True)
+        for a, b in zip(ra, rb, strict=True)
+        if a is not None and b is not None
+    )
+
+
+def run_case(name: str, case: Case, args: argparse.Namespace, device: torch.device) -> list[str]:
+    build, make_inputs, n, classes = case
+    n = args.n or n
+    torch.manual_seed(0)
+    model = build().to(device).eval()
+    probe = ProbeSet(make_inputs(n), torch.arange(n) % classes)
+    batch, precision = args.batch_size, args.precision
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+    def engine(mode: str, backend: str) -> Callable[[], object]:
+        options = EngineOptions(mode=mode, batch_size=batch, precision=precision, backend=backend)  # type: ignore[arg-type]
+        return lambda: compute_stiffness(model, probe, options, device)
+
+    rows = {
+        "floor": timed(device, lambda: floor(model, probe, device, precision, batch), args.repeats)
+    }
+    if not args.skip_vmap:
+        rows["vmap class"] = timed(device, engine("class", "vmap"), args.repeats)
+    rows["hooks class"] = timed(device, engine("class", "auto"), args.repeats)
+    rows["hooks pair"] = timed(device, engine("pair", "auto"), args.repeats)
+    # Accuracy on a subset: our engine at this precision against the float64 reference.
+    m = min(args.check, n)
+    subset = ProbeSet(probe.inputs[:m], probe.targets[:m] % min(classes, 4))
+    ref = reference_stiffness(copy.deepcopy(model).cpu(), subset)
+    errors = []
+    for mode in ("class", "pair"):
+        got = compute_stiffness(
+            model,
+            subset,
+            EngineOptions(mode=mode, batch_size=batch, precision=precision),
+            device,  # type: ignore[arg-type]
+        )
+        errors.append(max_cos_error(got.cosine.matrix, ref.cosine["val-val"].matrix))
+    base = rows["floor"][0]
+    vmap = rows.get("vmap class", (float("nan"), 0.0))[0]
+    lines = []
+    for label, (seconds, peak) in rows.items():
+        lines.append(
+            f"| {name} N={n} | {label} | {seconds:.4f} | {seconds / base:.2f} | "
+            f"{vmap / seconds:.2f} | {peak:.2f} |"
+        )
+    check = f"class {errors[0]:.1e}, pair {errors[1]:.1e}"
+    lines.append(f"| {name} | max abs Δcos vs float64 (N={m}) | {check} | | | |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="CPU sizes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--n", type=int, default=0, help="override N for every case")
+    parser.add_argument("--check", type=int, default=24, help="examples for the accuracy check")
+    parser.add_argument("--cases", nargs="*", default=None)
+    parser.add_argument("--skip-vmap", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    print(
+        f"{platform.machine()}, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {args.precision}, batch {args.batch_size}, best of {args.repeats}\n"
+    )
+    print("| case | measurement | seconds | × floor | vmap ÷ this | peak GPU GiB |")
+    print("|---|---|---|---|---|---|")
+    for name, case in cases(args.small).items():
+        if args.cases and name not in args.cases:
+            continue
+        for line in run_case(name, case, args, device):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
