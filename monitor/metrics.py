@@ -174,7 +174,8 @@ class MonitorMetrics:
         )
         self.skipped = counter(
             "stiffness_checkpoints_skipped",
-            "Checkpoints skipped without evaluation (backlog policy 'latest', deleted), by reason",
+            "Checkpoints skipped without evaluation (reason backlog-latest: passed over by the "
+            "'latest' backlog policy)",
             ("run", "reason"),
         )
         self.duration = Histogram(
