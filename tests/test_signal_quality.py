@@ -27,6 +27,7 @@ from bench.signal_quality.outcomes import (
     rule_stop,
     score,
 )
+from bench.signal_quality.report import dominates, signal
 from bench.signal_quality.scenarios import SELECTION_SEEDS, Scenario, suite
 from bench.signal_quality.summary import TIE, choose, summarise
 from bench.signal_quality.training import run_scenario
@@ -120,6 +121,21 @@ def test_summaries_and_the_choice() -> None:
     }
     assert choose(summaries) == "thrifty"
     assert choose({"reckless": summaries["reckless"]}) == "reckless"  # fewest costly, if none clean
+
+
+def test_rule_sets_are_sorted_by_the_signal_they_read() -> None:
+    assert signal(load_rules(BASELINE, BASELINE)) == "probe loss"  # the NaN guard is not a signal
+    both = parse_rules(
+        [{"kind": "all", "rules": [{"kind": "slope", "metric": "within_class"},
+                                   {"kind": "decline", "metric": "probe_accuracy"}]}],
+        "inline",
+    )  # fmt: skip
+    assert signal(both) == "stiffness + probe accuracy"
+    healthy = {"a"}
+    good, bad = (
+        summarise([_outcome("a", r, 0.5, c)], healthy) for r, c in ((0.01, False), (0.02, True))
+    )
+    assert dominates(good, bad) and not dominates(bad, good) and not dominates(good, good)
 
 
 def _history(losses: list[float], test: list[float]) -> dict[str, Any]:

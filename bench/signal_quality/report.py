@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.signal_quality.outcomes import COSTLY_REGRET, Outcome
-from bench.signal_quality.summary import TIE, choose, summarise
+from bench.signal_quality.summary import TIE, Summary, choose, summarise
 from bench.signal_quality.table import DATE, END, MACHINE, ORACLE, by_factor, headline, pct, per_run
-from monitor.rule_spec import RuleSet
+from monitor.rule_spec import AllRule, AnyRule, NonFiniteRule, RuleSet
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BASELINE = "probe_loss_patience"
@@ -20,6 +20,81 @@ def same_rules(a: RuleSet, b: RuleSet) -> bool:
     return [r.model_dump() for r in a.rules] == [r.model_dump() for r in b.rules]
 
 
+def signal(rules: RuleSet) -> str:
+    """What a rule set watches (divergence guards aside): stiffness, the probe, or both."""
+
+    def walk(rule: Any) -> set[str]:
+        if isinstance(rule, (AllRule, AnyRule)):
+            return set().union(*(walk(sub) for sub in rule.rules))
+        return set() if isinstance(rule, NonFiniteRule) else {str(rule.metric)}
+
+    metrics = set().union(*(walk(rule) for rule in rules.rules))
+    stiffness = any("class" in m or m == "critical_length" for m in metrics)
+    probe = sorted(m.removeprefix("probe_") for m in metrics if m.startswith("probe_"))
+    parts = (["stiffness"] if stiffness else []) + [f"probe {m}" for m in probe]
+    return " + ".join(parts)
+
+
+def dominates(a: Summary, b: Summary) -> bool:
+    """``a`` is no worse than ``b`` in mean regret and costly early stops, and better in one."""
+    no_worse = a.mean_regret <= b.mean_regret and a.costly_early <= b.costly_early
+    return no_worse and (a.mean_regret < b.mean_regret or a.costly_early < b.costly_early)
+
+
+def verdicts(
+    results: Mapping[str, Sequence[Outcome]],
+    rule_sets: Mapping[str, RuleSet],
+    names: set[str],
+    healthy: set[str],
+) -> list[str]:
+    """Plain answers: does stiffness alone, or stiffness with the loss, beat the baseline?
+
+    "Beats" means some set of the family dominates the baseline on ``names``: no higher mean
+    regret, no more costly early stops, and better in one of the two. Each family's best by
+    the choice criterion is also set against the best set that reads the probe only.
+    """
+
+    def part(label: str) -> Summary:
+        return summarise([o for o in results[label] if o.scenario in names], healthy)
+
+    def line(label: str) -> str:
+        s = part(label)
+        return (f"`{label}` ({pct(s.mean_regret)} pp, {pct(s.mean_saved)}% saved, "
+                f"{s.costly_early} costly)")  # fmt: skip
+
+    if BASELINE not in results:
+        return []
+    signals = {k: signal(r) for k, r in rule_sets.items()}
+    probe_only = [k for k, v in signals.items() if v and "stiffness" not in v]
+    probe_best = choose({k: part(k) for k in probe_only}) if probe_only else None
+    families = {
+        "Stiffness alone": [k for k, v in signals.items() if v == "stiffness"],
+        "Stiffness with the probe loss": [
+            k for k, v in signals.items() if v.startswith("stiffness + ")
+        ],
+    }
+    out = [f"- Baseline: {line(BASELINE)}."]
+    for family, labels in families.items():
+        if not labels:
+            continue
+        winners = [k for k in labels if dominates(part(k), part(BASELINE))]
+        lowest = min(labels, key=lambda k: part(k).mean_regret)
+        best = choose({k: part(k) for k in labels})
+        text = f"- {family}: "
+        if winners:
+            text += f"beats the baseline ({', '.join(line(k) for k in winners)})."
+        else:
+            text += (f"does **not** beat the baseline: no set has both no higher mean regret "
+                     f"and no more costly early stops. Lowest regret {line(lowest)}; best by "
+                     f"the choice criterion {line(best)}.")  # fmt: skip
+        if probe_best is not None:
+            better = choose({best: part(best), probe_best: part(probe_best)}) == best
+            text += (f" Against the best probe-only set by that criterion, {line(probe_best)}, "
+                     f"it is {'better' if better else '**not** better'}.")  # fmt: skip
+        out.append(text)
+    return out
+
+
 def readme_statement(
     results: Mapping[str, Sequence[Outcome]], names: set[str], healthy: set[str]
 ) -> str:
@@ -27,13 +102,15 @@ def readme_statement(
     d = summarise([o for o in results[DEFAULT] if o.scenario in names], healthy)
     b = summarise([o for o in results[BASELINE] if o.scenario in names], healthy)
     return (
-        f"On the signal-quality suite ({d.runs} held-out runs: digits MLP/CNN and a synthetic "
-        f"20-class task, label noise 0-40%, two optimizers and learning rates), the default "
-        f"rules stop with a mean regret of {pct(d.mean_regret)} points of test accuracy "
-        f"(median {pct(d.median_regret)}, worst {pct(d.max_regret)}) and save "
-        f"{pct(d.mean_saved)}% of training steps. The Lightning-style probe-loss patience "
-        f"baseline (patience 3) gives {pct(b.mean_regret)} points (median "
-        f"{pct(b.median_regret)}, worst {pct(b.max_regret)}) and saves {pct(b.mean_saved)}%."
+        f"On the signal-quality benchmark's {d.runs} held-out runs (digits MLP/CNN and a "
+        f"synthetic 20-class task; label noise 0-40%; SGD and Adam; two learning rates), the "
+        f"default rules stop {pct(d.mean_regret)} points of test accuracy below the best "
+        f"checkpoint on average (median {pct(d.median_regret)}), save {pct(d.mean_saved)}% of "
+        f"training, and cost {d.costly_early} of {d.healthy} noise-free runs more than a point "
+        f"by stopping before their best. The Lightning-style probe-loss patience baseline "
+        f"(patience 3) gives {pct(b.mean_regret)} points (median {pct(b.median_regret)}), saves "
+        f"{pct(b.mean_saved)}%, and costs {b.costly_early} of {b.healthy} noise-free runs more "
+        f"than a point."
     )
 
 
@@ -51,7 +128,7 @@ def render(
     healthy = {name for name, s in scenarios.items() if s["noise"] == 0.0}
     selection = {n for n, s in scenarios.items() if s["seed"] in selection_seeds}
     held_out = set(scenarios) - selection
-    groups = {f"seeds {','.join(map(str, selection_seeds))} (selection)": selection}
+    groups = {f"seed {','.join(map(str, selection_seeds))} (selection)": selection}
     if held_out:
         seeds = sorted({s["seed"] for n, s in scenarios.items() if n in held_out})
         groups[f"seeds {','.join(map(str, seeds))} (held out)"] = held_out
@@ -61,8 +138,8 @@ def render(
                      for k in contenders})  # fmt: skip
     matches = DEFAULT in shipped and same_rules(shipped[DEFAULT], contenders[chosen])
     kinds = {ORACLE: "reference", END: "reference"}
-    kinds.update({k: "shipped" for k in shipped})
-    kinds.update({k: "candidate" for k in candidates})
+    kinds.update({k: f"shipped: {signal(r)}" for k, r in shipped.items()})
+    kinds.update({k: f"candidate: {signal(r)}" for k, r in candidates.items()})
     order = [ORACLE, DEFAULT, BASELINE, *sorted(k for k in shipped if k not in (DEFAULT, BASELINE)),
              *sorted(candidates), END]  # fmt: skip
     ordered = {k: results[k] for k in order if k in results}
@@ -100,7 +177,7 @@ def render(
         f"**Choice** (criterion fixed before the runs, applied to the selection seeds only, "
         f"over every candidate and shipped set but `default`): no costly early stop on a "
         f"healthy run (fewest, if none manages), then lowest mean regret, sets within "
-        f"{pct(TIE)} point of it tied, ties to the larger saving. Chosen: `{chosen}`. "
+        f"{100 * TIE:.2f} point of it tied, ties to the larger saving. Chosen: `{chosen}`. "
         + (
             "`rules/default.yaml` holds exactly these rules."
             if matches
@@ -108,6 +185,10 @@ def render(
         ),
         "",
     ]
+    rule_sets = {k: v for k, v in {**shipped, **candidates}.items() if k != DEFAULT}
+    for group, names in groups.items():
+        lines += [f"**Does stiffness beat the probe-loss baseline?** Runs of {group}:", ""]
+        lines += [*verdicts(results, rule_sets, names, healthy), ""]
     if held_out and DEFAULT in results and BASELINE in results:
         lines += [
             "README statement (held-out seeds):",

@@ -32,6 +32,9 @@ EPOCHS: dict[Level, int] = {"high": 50, "low": 80}
 SELECTION_SEEDS = (0,)
 HELD_OUT_SEEDS = (1, 2)
 NOISES = (0.0, 0.2, 0.4)
+ARCHS: tuple[Arch, ...] = ("mlp", "cnn")
+OPTIMIZERS: tuple[Optimizer, ...] = ("sgd", "adam")
+LEVELS: tuple[Level, ...] = ("high", "low")
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,10 @@ def suite(seeds: tuple[int, ...] = SELECTION_SEEDS + HELD_OUT_SEEDS) -> list[Sce
     runs: list[Scenario] = []
     for seed in seeds:
         for noise in NOISES:
-            for arch in ("mlp", "cnn"):
-                for optimizer in ("sgd", "adam"):
-                    for level in ("high", "low"):
+            for arch in ARCHS:
+                for optimizer in OPTIMIZERS:
+                    for level in LEVELS:
                         runs.append(Scenario("digits", noise, optimizer, level, arch, seed))
-            for optimizer in ("sgd", "adam"):
-                runs.append(Scenario("synthetic", noise, optimizer, "high", "mlp", seed))
+            for synthetic_optimizer in OPTIMIZERS:
+                runs.append(Scenario("synthetic", noise, synthetic_optimizer, "high", "mlp", seed))
     return runs
