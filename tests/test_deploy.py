@@ -168,6 +168,27 @@ def test_alerts_and_dashboard_read_only_series_the_exporter_has() -> None:
     assert not unknown, f"not exported by monitor/metrics.py: {sorted(unknown)}"
 
 
+def docs_queries() -> list[str]:
+    """The PromQL lines of docs/deploy.md's ```promql blocks (the run-comparison queries)."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```promql\n(.*?)```", text, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+@needs_promtool
+def test_the_queries_in_the_deployment_guide_parse(tmp_path: Path) -> None:
+    queries = docs_queries()
+    assert len(queries) >= 8
+    rules = [
+        {"record": f"docs:query_{index}", "expr": query} for index, query in enumerate(queries)
+    ]
+    (tmp_path / "docs.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "docs", "rules": rules}]})
+    )
+    done = promtool("check", "rules", tmp_path / "docs.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # --- Grafana ----------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.daemon_harness import DaemonProcess, make_config, wait_for, write_checkpoint
+from tests.test_deploy import docs_queries
 
 pytestmark = pytest.mark.slow
 
@@ -212,6 +213,14 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Pat
         assert match is not None
         values = prometheus.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
         assert values == [RUN]
+
+        # The deployment guide's run-comparison queries run on the same server; only the one
+        # listing runs with a non-empty queue is empty (the queue has drained).
+        answers = {query: prometheus.instant(query) for query in docs_queries()}
+        assert [query for query, answer in answers.items() if not answer] == [
+            "sum by (run) (stiffness_queue_depth) > 0"
+        ], answers
+        assert finite_values(answers["count(stiffness_early_stop == 1)"]) == [1.0]
 
         # The alerting rules load and evaluate without error on real series, and the early
         # stop alert fires for the run.
