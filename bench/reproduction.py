@@ -221,7 +221,7 @@ def main() -> None:
         axes[0].set(title=f"within-class stiffness vs distance, epoch {epochs}",
                     xlabel="input distance 1 − cos(x1, x2)", ylabel="cosine stiffness")  # fmt: skip
         axes[0].legend()
-        axes[1].set(title="half length (within-class falls to half its nearest-bin value)",
+        axes[1].set(title="half length: within-class falls to half",
                     xlabel="epoch", ylabel="input distance")  # fmt: skip
         axes[1].legend()
         figure.savefig(args.out / "critical-length.png", dpi=DPI)
