@@ -51,7 +51,11 @@ class DemoOptions:
     epoch_seconds: float = 1.0
     per_class: int = 20
     keep_running: bool = False
-    timeout: float = 110.0  # seconds before giving up on the trainer
+
+    @property
+    def timeout(self) -> float:
+        """Seconds before the demo gives up on a trainer that neither stops nor finishes."""
+        return self.epochs * max(self.epoch_seconds, 0.5) + 120.0
 
 
 def prepare_workdir(folder: Path) -> None:
@@ -219,7 +223,10 @@ def run_demo(options: DemoOptions) -> int:
         print(summary, flush=True)
         if options.keep_running:
             print(f"the daemon keeps running: {url} (Ctrl-C to stop it)", flush=True)
-            daemon.wait()
+            try:
+                daemon.wait()
+            except KeyboardInterrupt:
+                print("\nstopping the daemon", flush=True)
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the trainer and the daemon", file=sys.stderr)
