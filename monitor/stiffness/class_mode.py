@@ -74,7 +74,9 @@ def classmate_dots(
 def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
     """A (rows, P) zero matrix on the gradients' device, in their dtype."""
     if isinstance(grads, FactoredRows):
-        return torch.zeros(rows, grads.width, dtype=grads.dtype, device=grads.device)
+        # float64 sums: |S_a|² - n_a cancels most digits; the per-class products stay in
+        # the rows' dtype (fast GEMMs) and only their accumulation is float64.
+        return torch.zeros(rows, grads.width, dtype=torch.float64, device=grads.device)
     return grads.new_zeros(rows, grads.shape[1])
 
 
@@ -100,7 +102,7 @@ def class_mode(
         if keep.numel() and isinstance(chunk.grads, FactoredRows):
             device = chunk.grads.device
             where = slot[chunk.start : chunk.stop][keep]  # (k,)
-            scale = (1.0 / norms[keep]).to(device=device, dtype=sums.dtype)
+            scale = (1.0 / norms[keep]).to(device=device, dtype=chunk.grads.dtype)
             chunk.grads.add_class_sums(sums, where.to(device), keep.to(device), scale)
             self_terms.index_add_(0, where, torch.ones(where.shape, dtype=torch.float64))
             counts.index_add_(0, where, torch.ones_like(where))

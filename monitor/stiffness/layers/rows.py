@@ -158,14 +158,15 @@ class FactoredRows:
             picked, scale = rows[here], weights[here]
             for block, cols in zip(self.blocks, self.columns, strict=True):
                 if block.uses:
-                    sums[slot, cols] += block.weighted_sum(picked, scale)
+                    sums[slot, cols] += block.weighted_sum(picked, scale).to(sums.dtype)
 
     def project(self, sums: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """g_i·sums[slots_i] for each row i: (b,) float64 on the host."""
         total = torch.zeros(self.batch, dtype=torch.float64, device=self.device)
         for block, cols in zip(self.blocks, self.columns, strict=True):
             if block.uses:  # (b, numel) · (b, numel) summed per row
-                total += (block.materialised() * sums[slots, cols]).sum(dim=1).double()
+                dense = block.materialised().double()
+                total += (dense * sums[slots, cols]).sum(dim=1)
         return total.cpu()
 
     def zero_rows(self, mask: torch.Tensor) -> None:
