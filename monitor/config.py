@@ -124,6 +124,7 @@ class StiffnessConfig(Section):
     distance_bins: int = Field(20, ge=1)
     loss: Literal["cross_entropy"] = "cross_entropy"
     uncertainty: bool = False
+    backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -146,6 +147,7 @@ class StiffnessConfig(Section):
             distance_bins=self.distance_bins,
             memory_limit=self.memory_limit,
             uncertainty=self.uncertainty,
+            backend=self.backend,
         )
 
 

@@ -85,6 +85,12 @@ def test_minimal_config_fills_defaults_and_resolves_default_paths(tmp_path: Path
     assert config.store.path == tmp_path / ".stiffness-monitor/state.db"
     assert config.rules is None
     assert config.stiffness.engine_options().batch_size == 64
+    assert config.stiffness.engine_options().backend == "auto"
+
+
+def test_backend_reaches_the_engine_options(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "probe: {path: p.pt}\nstiffness: {backend: vmap}\n"))
+    assert config.stiffness.engine_options().backend == "vmap"
 
 
 def test_problems_name_file_line_key_expected_and_found(tmp_path: Path) -> None:
@@ -118,6 +124,9 @@ def test_problems_name_file_line_key_expected_and_found(tmp_path: Path) -> None:
         ),
         pytest.param(
             "probe: {path: a}\nstiffness: {device: gpu}\n", "stiffness.device", id="device"
+        ),
+        pytest.param(
+            "probe: {path: a}\nstiffness: {backend: fast}\n", "stiffness.backend", id="backend"
         ),
         pytest.param(
             "probe: {path: a}\nruns: [{name: 'a b', path: x}]\n", "runs[0].name", id="name"
