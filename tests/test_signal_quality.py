@@ -8,6 +8,7 @@ build the table and still choose the default that ``rules/default.yaml`` holds.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -217,10 +218,17 @@ def test_every_scenario_has_a_cached_history() -> None:
 
 
 def test_the_table_builds_from_the_cache_and_chooses_the_shipped_default(tmp_path: Path) -> None:
-    out = tmp_path / "table.md"
-    assert main(["--out", str(out), "--seeds", *map(str, SELECTION_SEEDS)]) == 0
+    out, table = tmp_path / "table.md", tmp_path / "outcomes.csv"
+    seeds = [str(seed) for seed in SELECTION_SEEDS]
+    assert main(["--out", str(out), "--csv", str(table), "--seeds", *seeds]) == 0
     text = out.read_text()
     assert "2026-11-24" in text and "2-core CPU container" in text
     assert "`rules/default.yaml` holds exactly these rules." in text
     for label in ("oracle", "default", "probe_loss_patience", "no rule (run to the end)"):
         assert f"| `{label}` |" in text
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    runs = len(suite(SELECTION_SEEDS))
+    assert len(rows) % runs == 0 and len({row["scenario"] for row in rows}) == runs
+    oracle = [row for row in rows if row["rules"] == "oracle"]
+    assert all(float(row["regret"]) == 0.0 for row in oracle)

@@ -7,6 +7,7 @@ python -m bench.signal_quality --rebuild    # retrain every scenario first (minu
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import time
 from collections.abc import Sequence
@@ -23,6 +24,28 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SHIPPED = REPO / "rules"
 CANDIDATES = Path(__file__).resolve().parent / "candidates"
 OUT = REPO / "bench" / "signal_quality.md"
+COLUMNS = ("rules", "scenario", "task", "arch", "optimizer", "lr_level", "noise", "seed",
+           "stopped", "stop_step", "stop_epoch", "last_step", "test_at_stop", "best_step",
+           "best_test", "regret", "saved", "early", "costly_early")  # fmt: skip
+
+
+def write_csv(
+    path: Path, results: dict[str, list[Outcome]], histories: list[dict[str, Any]]
+) -> None:
+    """Every rule set on every run, one row each: the per-scenario numbers behind the table."""
+    runs = {h["scenario"]["name"]: h for h in histories}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for label, outcomes in results.items():
+            for o in outcomes:
+                s = runs[o.scenario]["scenario"]
+                last = runs[o.scenario]["checkpoints"][-1]["step"]
+                writer.writerow([label, o.scenario, s["task"], s["arch"], s["optimizer"],
+                                 s["lr_level"], s["noise"], s["seed"], o.stop_index is not None,
+                                 o.stop_step, o.stop_epoch, last, f"{o.test_at_stop:.4f}",
+                                 o.best_step, f"{o.best_test:.4f}", f"{o.regret:.4f}",
+                                 f"{o.saved:.4f}", o.early, o.costly_early])  # fmt: skip
 
 
 def run_to_end(history: dict[str, Any]) -> Outcome:
@@ -44,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="training processes (default 2)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="history cache folder")
     parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
+    parser.add_argument(
+        "--csv", type=Path, default=OUT.with_suffix(".csv"), help="per-run outcomes to write"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[*SELECTION_SEEDS, *HELD_OUT_SEEDS])
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -56,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clash:
         parser.error(f"candidate rule files named like shipped ones: {clash}")
     rule_sets = {**shipped, **candidates}
-    results = {ORACLE: [evaluate_rules(ORACLE, None, h) for h in histories]}
+    results: dict[str, list[Outcome]] = {
+        ORACLE: [evaluate_rules(ORACLE, None, h) for h in histories]
+    }
     results.update({label: [evaluate_rules(label, rs, h) for h in histories]
                     for label, rs in rule_sets.items()})  # fmt: skip
     results[END] = [run_to_end(h) for h in histories]
@@ -72,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs=args.jobs,
     )
     args.out.write_text(text)
+    write_csv(args.csv, results, histories)
     print(text.split("\n## ", 2)[1] if "\n## " in text else text)
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s "
           f"(median run {statistics.median(run_seconds):.1f} s)")  # fmt: skip
