@@ -167,7 +167,8 @@ def render(
         "",
         f"Date {DATE}, machine: {MACHINE}. Command: `python -m bench.signal_quality` "
         "(add `--rebuild` to retrain every run; histories are cached in "
-        "`bench/cache/signal_quality/`).",
+        "`bench/cache/signal_quality/`). Every rule set's stop on every run, with stop step, "
+        "test accuracy there, regret and saving: `bench/signal_quality.csv`.",
         f"{timing} The cached runs record {total / 60:.1f} min of single-thread time in all "
         f"(median {sorted(run_seconds)[len(run_seconds) // 2]:.1f} s a run), timed while they "
         "were built (two workers, so about half that in wall time).",
