@@ -7,6 +7,7 @@ memory cap."""
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ from monitor.stiffness.engine import chunk_size
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.layers import FactoredRows, ParamBlock
 from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.setup_cache import SETUP_CACHE
 from tests.reference import example_gradients, reference_stiffness
 from tests.test_engine import assert_matches
 
@@ -354,3 +356,112 @@ def test_backend_option() -> None:
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, CLASSES)))
     with pytest.raises(EngineError, match="backend 'hooks' was asked for"):
         compute_stiffness(scripted, probe_of(torch.randn(6, 4)), EngineOptions(backend="hooks"))
+
+
+def evaluate_against_reference(model: nn.Module, probe: ProbeSet) -> None:
+    """compute_stiffness on ``model`` (float64) agrees with the one-backward-per-example
+    reference: the verdict used, cached or fresh, was right for this model."""
+    result = compute_stiffness(model, probe, EngineOptions(mode="pair", batch_size=4))
+    assert_matches(result.cosine, reference_stiffness(model, probe).cosine["val-val"], 1e-9)
+
+
+def reweigh(model: nn.Module, seed: int) -> None:
+    """New weights copied in place, as ``checkpoint.load_weights`` does for the daemon."""
+    gen = torch.Generator().manual_seed(seed)
+    state = model.state_dict().items()
+    fresh = {
+        k: torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        for k, v in state
+        if v.is_floating_point() and "running" not in k
+    }
+    model.load_state_dict(fresh, strict=False)
+
+
+def test_setup_check_runs_once_per_model_and_is_reused() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(Scaled(5), nn.Tanh(), nn.Linear(5, CLASSES)).double()
+    probe = probe_of(torch.randn(10, 5))
+    checks, hits = SETUP_CACHE.checks, SETUP_CACHE.hits
+    evaluate_against_reference(model, probe)
+    assert (SETUP_CACHE.checks, SETUP_CACHE.hits) == (checks + 1, hits)
+    for seed in range(2):  # later checkpoints: new weights, same structure, no new check
+        reweigh(model, seed)
+        evaluate_against_reference(model, probe)
+    assert (SETUP_CACHE.checks, SETUP_CACHE.hits) == (checks + 1, hits + 2)
+    provider = hooks_for(model, probe)  # the cached verdict still moves the bad rule
+    assert provider.fallback_names == ["0.scale", "0.lin.weight"]
+    assert provider.fallback is not None and provider.example_bytes > 0
+    other = copy.deepcopy(model)  # another model object has its own entry
+    evaluate_against_reference(other, probe)
+    assert SETUP_CACHE.checks == checks + 2
+
+
+class Doubled(nn.Module):
+    """Linear's rule sees one call, but the forward uses the weight twice: the rule is wrong."""
+
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lin(x) + F.linear(x, self.lin.weight)
+        return out
+
+
+def _double_output(module: nn.Module, args: tuple[object, ...], out: torch.Tensor) -> torch.Tensor:
+    return out * 2.0
+
+
+def _squared_weight(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A forward override: the hooks see Linear's call, but the weight enters squared."""
+    return F.linear(x, lin.weight * lin.weight, lin.bias)
+
+
+@pytest.mark.parametrize("change", ["submodule", "forward", "tied", "hook", "shape"])
+def test_changed_model_is_checked_again(change: str) -> None:
+    """Every change to the module tree invalidates the cached verdict; the new check gives
+    the right coverage, so the result still matches the reference."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, CLASSES)).double()
+    probe = probe_of(torch.randn(10, 5))
+    evaluate_against_reference(model, probe)
+    assert hooks_for(model, probe).fallback_names == []
+    checks = SETUP_CACHE.checks
+    moved: list[str] = []
+    if change == "submodule":  # the rule for 0.lin.weight is now wrong
+        model[0] = Doubled(nn.Linear(5, 5).double())
+        moved = ["0.lin.weight"]
+    elif change == "forward":  # an instance-level forward override
+        model[0].forward = types.MethodType(_squared_weight, model[0])  # type: ignore[method-assign]
+        moved = ["0.weight"]
+    elif change == "tied":  # same shapes, a new parameter object shared by two layers
+        model[2] = nn.Linear(5, 5).double()
+        model.append(nn.Linear(5, CLASSES).double())
+        model[2].weight = model[0].weight
+        moved = []
+    elif change == "hook":  # a user hook changes the output: the gradients change
+        model[2].register_forward_hook(_double_output)
+        moved = ["2.weight", "2.bias"]  # the hooks capture after it: the check sees that
+    else:
+        model[0] = nn.Linear(5, 5, bias=False).double()
+    evaluate_against_reference(model, probe)
+    assert SETUP_CACHE.checks == checks + 1
+    assert hooks_for(model, probe).fallback_names == moved
+    assert SETUP_CACHE.checks == checks + 1  # and the new verdict is cached in turn
+
+
+def test_inconclusive_check_is_not_cached() -> None:
+    """With a zero last layer every earlier gradient is zero: a wrong rule could pass the
+    check unseen, so the verdict is not reused until the weights make it conclusive."""
+    torch.manual_seed(5)
+    model = nn.Sequential(Doubled(nn.Linear(5, 5)), nn.Tanh(), nn.Linear(5, CLASSES)).double()
+    nn.init.zeros_(model[2].weight)
+    probe = probe_of(torch.randn(10, 5))
+    checks = SETUP_CACHE.checks
+    evaluate_against_reference(model, probe)
+    evaluate_against_reference(model, probe)
+    assert SETUP_CACHE.checks == checks + 2  # checked both times
+    reweigh(model, 0)  # trained weights: the check now sees the rule disagree
+    evaluate_against_reference(model, probe)
+    assert hooks_for(model, probe).fallback_names == ["0.lin.weight"]
+    assert SETUP_CACHE.checks == checks + 3

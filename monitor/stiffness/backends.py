@@ -42,6 +42,7 @@ from monitor.stiffness.gradients import GradientChunk, GradientProvider
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.loop_backend import LoopGradients
 from monitor.stiffness.parameters import ParameterSelection
+from monitor.stiffness.setup_cache import SETUP_CACHE, Structure, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +108,18 @@ def dense_provider(
     device: torch.device,
     precision: str = "fp32",
     backend: str = "auto",
+    checked: bool = False,
 ) -> GradientProvider:
-    """vmap with the loop behind it (rules 1-3), or the loop alone; output checked."""
+    """vmap with the loop behind it (rules 1-3), or the loop alone; output checked unless
+    ``checked`` says a cached setup verdict already covers it."""
     loop = LoopGradients(model, selection, inputs, targets, device, precision)
     if isinstance(model, torch.jit.ScriptModule) or backend == "loop":
-        _checked(model, loop)
+        if not checked:
+            _checked(model, loop)
         return loop
     primary = FuncGradients(model, selection, inputs, targets, device, precision)
-    _checked(model, primary)
+    if not checked:
+        _checked(model, primary)
     return FallbackGradients(primary, loop)
 
 
@@ -126,22 +131,36 @@ def _hooks(
     device: torch.device,
     precision: str,
 ) -> HookGradients | None:
-    """The hook provider when rules cover at least one selected parameter (rule 0)."""
+    """The hook provider when rules cover at least one selected parameter (rule 0).
+
+    The setup checks run once per model structure (``setup_cache``); a cached verdict
+    stands for all of them, the fallback provider's output check included."""
     hooks = HookGradients(model, selection, inputs, targets, device, precision)
     if not hooks.covered:
         return None
-    # The loop's checks: logits the targets fit, a deterministic forward that writes to
-    # none of the model's tensors (the hooks would otherwise measure it silently).
-    LoopGradients(model, selection, inputs, targets, device, precision).check_outputs()
-    moved = hooks.check()
-    if moved:
-        logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
-    if not hooks.covered:
+    structure = Structure(model, selection, inputs, targets, device, precision)
+    verdict = SETUP_CACHE.get(model, structure)
+    moved: list[str] = []
+    if verdict is not None:
+        hooks.apply(verdict.moved)
+        hooks.example_bytes = verdict.example_bytes
+    else:
+        # The loop's checks: logits the targets fit, a deterministic forward that writes to
+        # none of the model's tensors (the hooks would otherwise measure it silently).
+        LoopGradients(model, selection, inputs, targets, device, precision).check_outputs()
+        moved = hooks.check()
+        if moved:
+            logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
+    if not hooks.covered:  # every rule disagreed: nothing worth caching
         return None
     if hooks.fallback_names:
         hooks.fallback = dense_provider(
-            model, hooks.fallback_selection, inputs, targets, device, precision
-        )
+            model, hooks.fallback_selection, inputs, targets, device, precision,
+            checked=verdict is not None,
+        )  # fmt: skip
+    if verdict is None:  # stored only once every check has passed
+        found = Verdict(tuple(moved), hooks.example_bytes)
+        SETUP_CACHE.put(model, structure, found if hooks.conclusive else None)
     return hooks
 
 

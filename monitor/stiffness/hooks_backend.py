@@ -69,6 +69,7 @@ class HookGradients(ProviderBase):
         self.fallback_names = [n for n in self.selection.names if n not in self.covered]
         self.fallback: GradientProvider | None = None
         self.example_bytes = 0
+        self.conclusive = True
 
     @property
     def fallback_selection(self) -> ParameterSelection:
@@ -93,7 +94,11 @@ class HookGradients(ProviderBase):
 
     def check(self) -> list[str]:
         """Compare the rules with autograd on the first examples; move disagreeing
-        parameters to the fallback. Returns the names moved."""
+        parameters to the fallback. Returns the names moved.
+
+        Sets ``conclusive``: False when some covered parameter's autograd gradient was
+        exactly zero for every checked example (its rule could be wrong unseen), so the
+        verdict must not be reused for other weights (``setup_cache``)."""
         k = min(CHECK_EXAMPLES, int(self.targets.shape[0]))
         x, y = self.inputs[:k].to(self.device), self.targets[:k].to(self.device)
         got = capture(
@@ -109,12 +114,15 @@ class HookGradients(ProviderBase):
             blocks = {}
         wrong = [n for n in names if n not in blocks]
         checked = [n for n in names if n in blocks]
+        silent = set(checked)  # parameters whose autograd gradient was zero so far
         for i in range(k):
             want = torch.autograd.grad(
                 got.losses[i], [live[n] for n in checked], retain_graph=True, allow_unused=True
             )
             for name, expected in zip(checked, want, strict=True):
                 exact = torch.zeros_like(live[name]) if expected is None else expected
+                if expected is None or bool(expected.ne(0).any()):
+                    silent.discard(name)  # unused in the graph is structural, not silent
                 mine = (
                     blocks[name].materialised()[i]
                     if blocks[name].uses
@@ -124,6 +132,13 @@ class HookGradients(ProviderBase):
                 scale = float(exact.norm()) + float(mine.norm())
                 if not error <= CHECK_TOLERANCE * scale + 1e-12 and name not in wrong:
                     wrong.append(name)
+        self.conclusive = not (silent - set(wrong))
+        self.apply(wrong)
+        self._measure(got.calls, k)
+        return wrong
+
+    def apply(self, wrong: list[str] | tuple[str, ...]) -> None:
+        """Move ``wrong`` (a setup check's verdict, fresh or cached) to the fallback."""
         self.covered -= set(wrong)
         self.fallback_names = [n for n in self.selection.names if n not in self.covered]
         self.layers = {
@@ -131,8 +146,6 @@ class HookGradients(ProviderBase):
             for m, (rule, local) in self.layers.items()
             if any(n in self.covered for n in local.values())
         }
-        self._measure(got.calls, k)
-        return wrong
 
     def _measure(self, calls: list[Call], k: int) -> None:
         """Bytes one example costs a chunk: captured A and B, plus the largest weight's
