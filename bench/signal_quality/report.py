@@ -24,6 +24,8 @@ REBUILD_NOTE = (
     "extrapolation from four runs, not a measurement); a table from the cache takes seconds."
 )
 DEFAULT = "default"
+#: A run that ends this far below its best (accuracy, 0..1) has collapsed, not overfitted.
+COLLAPSE = 0.5
 
 
 def same_rules(a: RuleSet, b: RuleSet) -> bool:
@@ -103,6 +105,18 @@ def verdicts(
                      f"it is {'better' if better else '**not** better'}.")  # fmt: skip
         out.append(text)
     return out
+
+
+def collapse_note(ends: Sequence[Outcome]) -> str:
+    """Name the runs that collapse outright: "healthy" means noise-free, not stable."""
+    collapsed = sorted(o.scenario for o in ends if o.regret > COLLAPSE)
+    if not collapsed:
+        return ""
+    return (
+        f"{len(collapsed)} runs end more than {pct(COLLAPSE)} points below their best: the "
+        "network collapses at a learning rate too high for it. Noise-free ones count as healthy "
+        f"in the early-stop columns; a stop matters most there: {', '.join(collapsed)}."
+    )
 
 
 def readme_statement(
@@ -185,12 +199,16 @@ def render(
         "see only the clean held-out probe, evaluated by the product's `Evaluator` at every "
         "epoch's checkpoint and replayed by its `RuleEngine`.",
         "",
+        collapse_note(results[END]) if END in results else "",
+        "",
         *headline(ordered, groups, healthy, kinds),
         "",
         f"**Choice** (criterion fixed before the runs, applied to the selection seeds only, "
         f"over every candidate and shipped set but `default`): no costly early stop on a "
         f"healthy run (fewest, if none manages), then lowest mean regret, sets within "
-        f"{100 * TIE:.2f} point of it tied, ties to the larger saving. Chosen: `{chosen}`. "
+        f"{100 * TIE:.2f} point of it tied, ties to the larger saving. The candidates were "
+        "written in three rounds while looking at the selection seed only; the held-out seeds "
+        f"were first looked at after the choice. Chosen: `{chosen}`. "
         + (
             "`rules/default.yaml` holds exactly these rules."
             if matches
