@@ -219,8 +219,9 @@ def run_demo(options: DemoOptions) -> int:
         if not options.keep_running:
             _stop(daemon)
         report = write_report(config, folder / "report")
-        summary = summarise(folder / "state" / "state.db", RUN, stop_file, report, options.epochs)
-        print(summary, flush=True)
+        obeyed = "stopping after epoch" in _tail(folder / "trainer.log", 3)
+        store = folder / "state" / "state.db"
+        print(summarise(store, RUN, stop_file, report, options.epochs, obeyed), flush=True)
         if options.keep_running:
             print(f"the daemon keeps running: {url} (Ctrl-C to stop it)", flush=True)
             try:

@@ -57,8 +57,13 @@ def _accuracy(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def summarise(store_path: Path, run: str, stop_file: Path, report: Path, epochs: int) -> str:
-    """The summary lines: stop (or plainly no stop), accuracy there vs the best, the report."""
+def summarise(
+    store_path: Path, run: str, stop_file: Path, report: Path, epochs: int, trainer_saw_stop: bool
+) -> str:
+    """The summary lines: stop (or plainly no stop), accuracy there vs the best, the report.
+
+    ``trainer_saw_stop``: the trainer said it ended because of the stop file (its log).
+    """
     scores = score_checkpoints(store_path, run)
     with Store(store_path, readonly=True) as store:
         stop = store.stop_for(run)
@@ -75,10 +80,11 @@ def summarise(store_path: Path, run: str, stop_file: Path, report: Path, epochs:
         epoch = "?" if at is None else str(at.epoch)
         lines.append(f"  stopped at epoch {epoch} (step {step}) by rule {stop.rule}")
         lines.append(f"    why: {stop.reason}")
-        seen = "found" if read_stop(stop_file) is not None else "did NOT find"
+        written = "" if read_stop(stop_file) is not None else " (now missing)"
+        seen = "found" if trainer_saw_stop else "did NOT act on"
         lines.append(
-            f"  the trainer {seen} the stop file {stop_file} and ended after epoch {trained} of "
-            f"{epochs}: {epochs - trained} epochs saved"
+            f"  the trainer {seen} the stop file {stop_file}{written} and ended after epoch "
+            f"{trained} of {epochs}: {epochs - trained} epochs saved"
         )
         if at is not None:
             lines.append(

@@ -45,7 +45,10 @@ def test_the_demo_stops_the_trainer_through_the_stop_file(tmp_path: Path) -> Non
 
     stop_epoch = saved.index(stop["step"]) + 1
     assert f"stopped at epoch {stop_epoch} (step {stop['step']}) by rule {stop['rule']}" in out
-    assert f"ended after epoch {len(saved)} of {EPOCHS}: {EPOCHS - len(saved)} epochs saved" in out
+    assert (
+        f"the trainer found the stop file {workdir / 'checkpoints' / 'STOP'} and ended after "
+        f"epoch {len(saved)} of {EPOCHS}: {EPOCHS - len(saved)} epochs saved"
+    ) in out
     assert re.search(r"at the stop: +probe accuracy 0\.\d+, clean test accuracy 0\.\d+", out)
     assert re.search(r"best checkpoint: +probe accuracy 0\.\d+, clean test accuracy 0\.\d+", out)
     report = workdir / "report" / "index.html"
