@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 import yaml
 
 from monitor.demo_trainer import require_demo_extra, steps_per_epoch
 from monitor.errors import ConfigError, MonitorError
+from monitor.report import write_report
+from monitor.report_summary import Progress, summarise
 from monitor.rule_spec import shipped_rules_path
-from monitor.store import Store, StoredEvaluation, StoreError
 
 MARKER = ".stiffness-demo"  # marks a folder the demo made, so a rerun may clear it
 URL_PATTERN = re.compile(r"metrics on (http://\S+/metrics)")
@@ -129,62 +130,9 @@ def wait_for_url(daemon: subprocess.Popen[bytes], log: Path, timeout: float = 90
     raise DemoError(f"the daemon did not start within {timeout:.0f} s:\n{_tail(log)}")
 
 
-class Progress:
-    """Prints one line per evaluated checkpoint, read from the store (read-only)."""
-
-    def __init__(self, store_path: Path, steps_in_epoch: int) -> None:
-        self.store_path = store_path
-        self.steps_in_epoch = steps_in_epoch
-        self.shown: set[int] = set()
-        self.seen_at: dict[int, float] = {}
-
-    def poll(self) -> int:
-        """Print what is new; returns how many evaluations the store holds."""
-        try:
-            with Store(self.store_path, readonly=True) as store:
-                evaluations = store.evaluations(RUN)
-                for item in evaluations:
-                    if item.id not in self.shown:
-                        self._maybe_show(store, item)
-                return len(evaluations)
-        except StoreError:
-            return 0  # not created yet: the daemon sets it up on start
-
-    def _maybe_show(self, store: Store, item: StoredEvaluation) -> None:
-        decisions = store.decisions(RUN, item.id)
-        first_seen = self.seen_at.setdefault(item.id, time.monotonic())
-        if not decisions and time.monotonic() - first_seen < 3.0:
-            return  # the rules' verdicts land just after the result
-        self.shown.add(item.id)
-        print(self.line(item, decisions), flush=True)
-
-    def line(self, item: StoredEvaluation, decisions: list[Any]) -> str:
-        result = item.result
-        cosine = result.get("cosine") or {}
-        stops = [d.rule for d in decisions if d.stop]
-        if stops:
-            state = f"STOP ({stops[0]})"
-        elif decisions:
-            state = "go on: " + decisions[0].reason.split(".")[0][:60]
-        else:
-            state = "no verdict"
-        epoch = (item.step or 0) // self.steps_in_epoch
-        return (
-            f"epoch {epoch:3d}  within-class {_num(cosine.get('within'))}  "
-            f"between {_num(cosine.get('between'))}  probe loss {_num(result.get('probe_loss'))}"
-            f"  accuracy {_num(result.get('probe_accuracy'))}  rules: {state}"
-        )
-
-
-def _num(value: Any) -> str:
-    return "  n/a " if value is None else f"{float(value):6.3f}"
-
-
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; 0 when it completed (stopped or not: the summary says which)."""
     require_demo_extra()
-    from monitor.report import write_report
-    from monitor.report_summary import summarise
 
     folder = options.workdir.resolve()
     prepare_workdir(folder)
@@ -214,7 +162,7 @@ def run_demo(options: DemoOptions) -> int:
             f"{options.noise:.0%}; one line per checkpoint:",
             flush=True,
         )
-        progress = Progress(folder / "state" / "state.db", steps_per_epoch(BATCH_SIZE))
+        progress = Progress(folder / "state" / "state.db", RUN, steps_per_epoch(BATCH_SIZE))
         _follow(options, progress, daemon, trainer, checkpoints, folder)
         if not options.keep_running:
             _stop(daemon)
@@ -233,9 +181,13 @@ def run_demo(options: DemoOptions) -> int:
         print("\ninterrupted: stopping the trainer and the daemon", file=sys.stderr)
         return 130
     finally:
-        _stop(trainer, grace=5.0)
-        _stop(daemon)
-        signal.signal(signal.SIGTERM, previous)
+        impatient = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not
+        try:  # cut the cleanup short and leave a child running
+            _stop(trainer, grace=5.0)
+            _stop(daemon)
+        finally:
+            signal.signal(signal.SIGINT, impatient)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,7 @@ def draw_run(history: RunHistory, out: Path, wanted: Sequence[int] | None) -> Ru
             chosen, history.steps, history.results, Path(f"{prefix}-distance.png")
         ),
     }
-    return RunHistory(**{**history.__dict__, "figures": drawn, "heatmap_steps": chosen_steps})
+    return replace(history, figures=drawn, heatmap_steps=chosen_steps)
 
 
 def write_report(

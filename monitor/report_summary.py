@@ -1,4 +1,5 @@
-"""The demo's closing summary: where the rules stopped the run, and what stopping cost.
+"""What the demo prints: a line per evaluated checkpoint, then where the rules stopped the run
+and what stopping cost.
 
 An early stop is only worth having if the checkpoint it stops at is about as good as the best
 one the run produced. So the summary sets the stop against the best saved checkpoint on the
@@ -8,14 +9,68 @@ never sees: it is the honest judge of the stop, not an input to it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from monitor.demo_trainer import accuracy, build_mlp, split_digits
-from monitor.store import Store
+from monitor.store import Store, StoredDecision, StoredEvaluation, StoreError
 from monitor.trainer import read_stop
+
+
+class Progress:
+    """Prints one line per evaluated checkpoint, read from the store (read-only)."""
+
+    def __init__(self, store_path: Path, run: str, steps_in_epoch: int) -> None:
+        self.store_path = store_path
+        self.run = run
+        self.steps_in_epoch = steps_in_epoch
+        self.shown: set[int] = set()
+        self.seen_at: dict[int, float] = {}
+
+    def poll(self) -> int:
+        """Print what is new; returns how many evaluations the store holds."""
+        try:
+            with Store(self.store_path, readonly=True) as store:
+                evaluations = store.evaluations(self.run)
+                for item in evaluations:
+                    if item.id not in self.shown:
+                        self._maybe_show(store, item)
+                return len(evaluations)
+        except StoreError:
+            return 0  # not created yet: the daemon sets it up on start
+
+    def _maybe_show(self, store: Store, item: StoredEvaluation) -> None:
+        decisions = store.decisions(self.run, item.id)
+        first_seen = self.seen_at.setdefault(item.id, time.monotonic())
+        if not decisions and time.monotonic() - first_seen < 3.0:
+            return  # the rules' verdicts land just after the result
+        self.shown.add(item.id)
+        print(self.line(item, decisions), flush=True)
+
+    def line(self, item: StoredEvaluation, decisions: list[StoredDecision]) -> str:
+        result = item.result
+        cosine = result.get("cosine") or {}
+        stops = [d.rule for d in decisions if d.stop]
+        if stops:
+            state = f"STOP ({stops[0]})"
+        elif decisions:
+            state = "go on: " + decisions[0].reason.split(".")[0][:60]
+        else:
+            state = "no verdict"
+        epoch = (item.step or 0) // self.steps_in_epoch
+        return (
+            f"epoch {epoch:3d}  within-class {_num(cosine.get('within'))}  "
+            f"between {_num(cosine.get('between'))}  probe loss {_num(result.get('probe_loss'))}"
+            f"  accuracy {_num(result.get('probe_accuracy'))}  rules: {state}"
+        )
+
+
+def _num(value: Any) -> str:
+    return "  n/a " if value is None else f"{float(value):6.3f}"
 
 
 @dataclass(frozen=True)
