@@ -593,7 +593,8 @@ def test_every_shipped_rule_set_runs(path: Path) -> None:
 
 def test_default_rules_wait_for_both_signals() -> None:
     replayed = replay(load_rules(None, Path("config.yaml")), _synthetic_history())
-    assert replayed.stops["stiffness-falling-and-loss-stalled"].step == 500 * 18
+    # loss lowest at index 15: no new best for 5 evaluations at 20, smoothed trend up only at 21
+    assert replayed.stops["probe-loss-stalled-and-rising"].step == 500 * 21
     assert replayed.stops["diverged"].index == 30
 
 
