@@ -204,6 +204,7 @@ def distance_figure(
             transform=length_axes.transAxes,
         )
         length_axes.set_xlim(min(steps), max(steps) + 1)
+        length_axes.set_yticks([])
     length_axes.set(
         title="critical length (within-class stiffness crosses 0)",
         xlabel="training step",
