@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.evaluation import Evaluator
 from monitor.report import choose_steps, write_report
+from monitor.report_summary import summarise
 from monitor.store import Store
 from tests.conftest import run_cli
 from tests.daemon_harness import DaemonProcess, stored_evaluations, wait_for
@@ -191,3 +193,36 @@ def test_a_missing_extra_names_the_install_command(
 )
 def test_choose_steps(steps: list[int], wanted: list[int] | None, expected: list[int]) -> None:
     assert choose_steps(steps, wanted) == expected
+
+
+@pytest.mark.slow
+def test_the_summary_sets_the_stop_against_the_best_checkpoint(
+    pair_run: Path, tmp_path: Path
+) -> None:
+    database = pair_run.parent / "state" / "state.db"
+    stop_file = pair_run.parent / "checkpoints" / "STOP"
+    text = summarise(database, "digits", stop_file, tmp_path / "index.html", 10, False)
+    stop = json.loads(stop_file.read_text())
+    assert f"stopped at epoch 1 (step {stop['step']}) by rule good-enough" in text
+    assert f"the trainer did NOT act on the stop file {stop_file} and ended after epoch 6" in text
+    assert re.search(r"at the stop: +probe accuracy 0\.\d+, clean test accuracy 0\.\d+\n", text)
+    assert re.search(
+        r"best checkpoint: .* clean test accuracy 0\.\d+ \(epoch \d, of 6 saved\)", text
+    )
+
+    with Store(database, readonly=True) as source:  # the same results, but no stop raised
+        evaluations = source.evaluations("digits")
+    with Store(tmp_path / "nostop.db") as store:
+        for e in evaluations:
+            store.record_evaluation(
+                "digits",
+                path=e.path,
+                fingerprint=e.fingerprint,
+                size=e.size,
+                mtime_ns=e.mtime_ns,
+                evaluation=e.result,
+                duration_seconds=e.duration_seconds,
+            )
+    text = summarise(tmp_path / "nostop.db", "digits", tmp_path / "STOP", tmp_path, 10, False)
+    assert "the rules did NOT stop this run: it trained 6 of 10 epochs" in text
+    assert "stopped at" not in text
