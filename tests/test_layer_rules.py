@@ -21,6 +21,7 @@ from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.engine import chunk_size
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.layers import FactoredRows, ParamBlock
+from monitor.stiffness.layers import grouping as grouping_module
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.setup_cache import SETUP_CACHE
 from tests.reference import example_gradients, reference_stiffness
@@ -169,11 +170,12 @@ def fresh_rows(provider: HookGradients, n: int) -> FactoredRows:
     return rows
 
 
+@pytest.mark.parametrize("grouping", ["batched", "per-slot"])
 @pytest.mark.parametrize("form", ["ghost", "materialised"])
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("layer", list(RULE_CASES))
 def test_rule_matches_reference(
-    layer: str, seed: int, form: str, monkeypatch: pytest.MonkeyPatch
+    layer: str, seed: int, form: str, grouping: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     model, x = RULE_CASES[layer](gen)
@@ -192,11 +194,19 @@ def test_rule_matches_reference(
         fresh_rows(provider, n).dot64(fresh_rows(provider, 3)), want @ want[:3].T
     )  # across chunks of different sizes
     check_rows(fresh_rows(provider, n), want, probe.targets)
+    # Class sums, every slot at once (padded to equal size) or one slot at a time, from
+    # the factors or (materialised form) from the rows formed for the norms; unequal slots.
+    monkeypatch.setattr(grouping_module, "MAX_PADDING", 1e9 if grouping == "batched" else 0.0)
     sums = torch.zeros(CLASSES, want.shape[1], dtype=torch.float64)
     weights = torch.rand(n, dtype=torch.float64, generator=gen)
-    rows = torch.arange(n)
-    fresh_rows(provider, n).add_class_sums(sums, probe.targets, rows, weights)
-    expected = torch.zeros_like(sums).index_add_(0, probe.targets, want * weights.unsqueeze(1))
+    rows = torch.arange(1, n)  # the first example is not usable
+    chunk = fresh_rows(provider, n)
+    if not ghost:
+        chunk.squared_norms64()
+    chunk.add_class_sums(sums, probe.targets[rows], rows, weights[rows])
+    expected = torch.zeros_like(sums).index_add_(
+        0, probe.targets[rows], want[rows] * weights[rows].unsqueeze(1)
+    )
     torch.testing.assert_close(sums, expected)
     projected = fresh_rows(provider, n).project(sums, probe.targets)
     torch.testing.assert_close(projected, (want * expected[probe.targets]).sum(1))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monitor.stiffness.layers.grouping import Groups
 from monitor.stiffness.layers.registry import register
 from monitor.stiffness.layers.uses import Dense, Factors, Outer, Use, zeroed
 
@@ -73,6 +74,19 @@ class ConvWeight(Use):
         scale = weights.view(-1, *([1] * (self.grad.dim() - 1)))
         grad = self.grad[rows] * scale  # (k, Cout, ...)
         return _weight_grad(self.x[rows], self.shape, grad, self, self.groups).reshape(-1)
+
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        """All groups in one convolution_backward: examples padded to (m, count·C, ...)
+        and one convolution group per (class, conv group); else the per-group loop."""
+        if not groups.batched:
+            return super().class_sums(groups)
+        c, m = groups.count, groups.width
+        x = groups.padded(self.x, slot_major=False, weighted=False)  # (m, c, Cin, ...)
+        grad = groups.padded(self.grad, slot_major=False)  # (m, c, Cout, ...)
+        x = x.reshape(m, -1, *self.x.shape[2:])  # (m, c·Cin, ...)
+        grad = grad.reshape(m, -1, *self.grad.shape[2:])  # (m, c·Cout, ...)
+        shape = (c * self.shape[0], *self.shape[1:])
+        return _weight_grad(x, shape, grad, self, c * self.groups).reshape(c, -1)
 
     def factors(self) -> Factors | None:
         if self.groups != 1:

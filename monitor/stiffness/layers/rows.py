@@ -21,6 +21,7 @@ import itertools
 
 import torch
 
+from monitor.stiffness.layers.grouping import Groups
 from monitor.stiffness.layers.uses import Factors, Use, ghost_cross, ghost_self, zeroed
 
 
@@ -107,6 +108,15 @@ class ParamBlock:
             total = total + use.weighted_sum(rows, weights)
         return total
 
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        """Σ_{i in g} w_i g_i for every group g: (count, numel)."""
+        if self._dense is not None:
+            return groups.dense_sums(self._dense)
+        total = self.uses[0].class_sums(groups)
+        for use in self.uses[1:]:
+            total = total + use.class_sums(groups)
+        return total
+
     def zero_rows(self, mask: torch.Tensor) -> None:
         for use in self.uses:
             use.zero_rows(mask)
@@ -150,15 +160,16 @@ class FactoredRows:
     ) -> None:
         """sums[slot] += w_i g_i for each local row i (``slots``, ``rows``, ``weights``: (k,)).
 
-        One weighted product per slot present and parameter: with the probe ordered by
-        class (class mode does that) a chunk touches one or two slots.
+        Per parameter, every slot present at once (``grouping``): an ``index_add_`` of
+        materialised rows, or one batched product over the slots padded to equal size, or
+        one product per slot when padding would cost more (with the probe ordered by
+        class, as class mode orders it, a large chunk touches one or two slots).
         """
-        for slot in torch.unique(slots).tolist():
-            here = slots == slot
-            picked, scale = rows[here], weights[here]
-            for block, cols in zip(self.blocks, self.columns, strict=True):
-                if block.uses:
-                    sums[slot, cols] += block.weighted_sum(picked, scale).to(sums.dtype)
+        groups = Groups(rows, weights, slots)
+        for block, cols in zip(self.blocks, self.columns, strict=True):
+            if block.uses:
+                part = block.class_sums(groups).to(sums.dtype)  # (count, numel)
+                sums[:, cols].index_add_(0, groups.present, part)
 
     def project(self, sums: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """g_i·sums[slots_i] for each row i: (b,) float64 on the host."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from monitor.stiffness.layers.grouping import Groups
+
 
 class Use:
     """Base of the forms; ``steps`` is T, the positions each example uses the weight at."""
@@ -43,6 +45,11 @@ class Use:
 
     def weighted_sum(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        """(count, numel): Σ_{i in g} w_i G_i for every group g. The per-group loop here;
+        the forms with a batched product override it."""
+        return torch.stack([self.weighted_sum(r, w) for _, r, w in groups.members()])
 
     def factors(self) -> Factors | None:
         return None
@@ -85,6 +92,9 @@ class Dense(Use):
     def materialise(self) -> torch.Tensor:
         return self.values
 
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        return groups.dense_sums(self.values)
+
     def weighted_sum(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return weights @ self.values[rows]  # (k,) @ (k, numel) -> (numel,)
 
@@ -111,6 +121,15 @@ class Outer(Use):
         right = self.right[rows]  # (k, T, cols)
         # (rows, k·T) @ (k·T, cols) -> (rows, cols): one GEMM for the whole class
         return (left.reshape(-1, self.rows).T @ right.reshape(-1, self.cols)).reshape(-1)
+
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        if not groups.batched:
+            return super().class_sums(groups)
+        c, m = groups.count, groups.width
+        left = groups.padded(self.left).view(c, m * self.steps, self.rows)
+        right = groups.padded(self.right, weighted=False).view(c, m * self.steps, self.cols)
+        # (c, rows, m·T) @ (c, m·T, cols) -> (c, rows, cols): one batched GEMM for all groups
+        return torch.bmm(left.transpose(1, 2), right).reshape(c, -1)
 
     def factors(self) -> Factors:
         return Factors(self.left, self.right, self.rows)
@@ -145,6 +164,15 @@ class Tokens(Use):
         right = self.right[rows] * weights.view(-1, 1, 1)  # (k, T, d)
         out.index_add_(0, self.index[rows].reshape(-1), right.reshape(-1, self.cols))
         return out.reshape(-1)
+
+    def class_sums(self, groups: Groups) -> torch.Tensor:
+        """Every group's rows in one (count·V, d) scatter: group g's token t at g·V + t."""
+        weights = groups.weights.view(-1, 1, 1).to(self.right.dtype)
+        right = self.right[groups.rows] * weights  # (k, T, d)
+        index = self.index[groups.rows] + groups.labels.unsqueeze(1) * self.rows  # (k, T)
+        out = self.right.new_zeros(groups.count * self.rows, self.cols)
+        out.index_add_(0, index.reshape(-1), right.reshape(-1, self.cols))
+        return out.view(groups.count, -1)
 
     def factors(self) -> Factors:
         return Factors(self.index, self.right, self.rows)
