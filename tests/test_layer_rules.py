@@ -22,6 +22,7 @@ from monitor.stiffness.engine import chunk_size
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.layers import FactoredRows, ParamBlock
 from monitor.stiffness.layers import grouping as grouping_module
+from monitor.stiffness.layers.conv import ConvWeight
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.setup_cache import SETUP_CACHE
 from tests.reference import example_gradients, reference_stiffness
@@ -210,6 +211,25 @@ def test_rule_matches_reference(
     torch.testing.assert_close(sums, expected)
     projected = fresh_rows(provider, n).project(sums, probe.targets)
     torch.testing.assert_close(projected, (want * expected[probe.targets]).sum(1))
+
+
+@pytest.mark.parametrize("path", ["grouped-conv", "bmm"])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("layer", ["conv1d", "conv2d", "conv3d"])
+def test_conv_materialise_paths(
+    layer: str, seed: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways to form a conv's per-example gradients (the CPU picks by shape, CUDA
+    always takes the grouped convolution) against one backward per example."""
+    gen = torch.Generator().manual_seed(seed)
+    model, x = RULE_CASES[layer](gen)
+    model = model.double().eval()
+    probe = probe_of(x)
+    provider = hooks_for(model, probe)
+    bmm = path == "bmm"
+    monkeypatch.setattr(ConvWeight, "bmm_materialise", property(lambda u: bmm and u.groups == 1))
+    want = torch.stack(example_gradients(model, probe)[0])
+    check_rows(fresh_rows(provider, probe.size), want, probe.targets)
 
 
 class TiedLM(nn.Module):

@@ -63,7 +63,21 @@ class ConvWeight(Use):
         self.steps = int(torch.Size(grad.shape[2:]).numel())
         self.has_factors = self.groups == 1
 
+    @property
+    def bmm_materialise(self) -> bool:
+        """On the CPU, oneDNN's grouped weight gradient is slow for few output positions:
+        ResNet-18 width 16, b=64, 128->128 at 4x4 took 44 ms against 16 ms for patches and
+        one bmm (64->128 at 8x8 stride 2: 17 against 2.6 ms; 3->16 stem: 7.3 against 3.9),
+        while at T >= 64 with wide inputs the grouped call won (2.2 against 29 ms). CUDA
+        keeps cuDNN's grouped call (not yet measured against the bmm there)."""
+        small = self.steps <= 32 or self.cols <= 32
+        return self.groups == 1 and self.x.device.type == "cpu" and small
+
     def materialise(self) -> torch.Tensor:
+        if self.bmm_materialise:
+            found = self.factors()
+            assert found is not None  # groups == 1
+            return Outer(found.left, found.right).materialise()  # (b, Cout·Cin·k...)
         b = self.batch
         x = self.x.reshape(1, -1, *self.x.shape[2:])  # (1, b·Cin, ...)
         grad = self.grad.reshape(1, -1, *self.grad.shape[2:])  # (1, b·Cout, ...)
@@ -77,7 +91,12 @@ class ConvWeight(Use):
 
     def class_sums(self, groups: Groups) -> torch.Tensor:
         """All groups in one convolution_backward: examples padded to (m, count·C, ...)
-        and one convolution group per (class, conv group); else the per-group loop."""
+        and one convolution group per (class, conv group); else the per-group loop. Where
+        the CPU forms per-example gradients with a bmm, class sums take it too."""
+        if self.bmm_materialise:
+            found = self.factors()
+            assert found is not None
+            return Outer(found.left, found.right).class_sums(groups)
         if not groups.batched:
             return super().class_sums(groups)
         c, m = groups.count, groups.width
