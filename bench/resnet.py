@@ -64,7 +64,8 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
         x = x + self.proj(att)
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        out: torch.Tensor = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return out
 
 
 class Encoder(nn.Module):

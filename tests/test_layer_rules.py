@@ -198,6 +198,7 @@ def test_rule_matches_reference(
     # Class sums, every slot at once (padded to equal size) or one slot at a time, from
     # the factors or (materialised form) from the rows formed for the norms; unequal slots.
     monkeypatch.setattr(grouping_module, "MAX_PADDING", 1e9 if grouping == "batched" else 0.0)
+    monkeypatch.setattr(grouping_module, "MIN_GROUPS", 2)
     sums = torch.zeros(CLASSES, want.shape[1], dtype=torch.float64)
     weights = torch.rand(n, dtype=torch.float64, generator=gen)
     rows = torch.arange(1, n)  # the first example is not usable
