@@ -12,6 +12,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from monitor.config import parse_config
+from monitor.demo_trainer import build_mlp
 from monitor.errors import EngineError
+from monitor.evaluation import Evaluator
 from monitor.stiffness import ClassStiffness, EngineOptions, ProbeSet, compute_stiffness
 from monitor.stiffness.distance import critical_length
 from monitor.stiffness.func_backend import FuncGradients
@@ -29,6 +33,7 @@ from monitor.stiffness.gradients import ChunkStream, GradientChunk
 from monitor.stiffness.loop_backend import LoopGradients
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.result import StiffnessResult
+from monitor.stiffness.setup_cache import SETUP_CACHE
 from tests.reference import Reference, RefMatrix, reference_stiffness
 
 N, CLASSES = 40, 4
@@ -634,3 +639,32 @@ def test_modes_agree_on_random_probes(sizes: list[int], batch: int, seed: int) -
     assert by_class.cosine.pair_counts == by_pair.cosine.pair_counts
     for ra, rb in zip(by_class.cosine.matrix, by_pair.cosine.matrix, strict=True):
         assert all(close(x, y, 1e-10) for x, y in zip(ra, rb, strict=True))
+
+
+def test_evaluator_checks_the_model_once_across_checkpoints(tmp_path: Path) -> None:
+    """The daemon's path: one Evaluator, the factory's model built once, state dicts
+    written by a trainer at three steps. The hook backend's setup check runs at the first
+    checkpoint only, and every evaluation equals a fresh engine call on those weights."""
+    config = parse_config(
+        {
+            "model": {"factory": "monitor.demo_trainer:build_mlp", "kwargs": {"hidden": 16}},
+            "probe": {"factory": "monitor.demo_trainer:probe", "per_class": 4},
+            "stiffness": {"device": "cpu", "mode": "class"},
+        },
+        source=tmp_path / "config.yaml",
+    )
+    evaluator = Evaluator(config)
+    weights = []
+    for step in (1, 2, 3):
+        torch.manual_seed(step)
+        weights.append(build_mlp(16).state_dict())
+        torch.save(weights[-1], tmp_path / f"step-{step}.pt")
+    checks, hits = SETUP_CACHE.checks, SETUP_CACHE.hits
+    results = [evaluator.evaluate(tmp_path / f"step-{step}.pt").result for step in (1, 2, 3)]
+    assert (SETUP_CACHE.checks, SETUP_CACHE.hits) == (checks + 1, hits + 2)
+    for state, result in zip(weights, results, strict=True):
+        fresh = build_mlp(16)
+        fresh.load_state_dict(state)
+        want = compute_stiffness(fresh, evaluator.probe, evaluator.options)
+        got = [v for row in result.cosine.matrix for v in row]
+        assert got == pytest.approx([v for row in want.cosine.matrix for v in row], abs=1e-6)
