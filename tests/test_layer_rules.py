@@ -7,7 +7,9 @@ memory cap."""
 from __future__ import annotations
 
 import copy
+import gc
 import types
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -496,3 +498,16 @@ def test_inconclusive_check_is_not_cached() -> None:
     evaluate_against_reference(model, probe)
     assert hooks_for(model, probe).fallback_names == ["0.lin.weight"]
     assert SETUP_CACHE.checks == checks + 3
+
+
+def test_setup_cache_keeps_no_model_alive() -> None:
+    """The daemon may rebuild models (TorchScript files load a new module each time): the
+    cache holds them weakly, so a dropped model and its verdict are collected."""
+    model = nn.Sequential(nn.Linear(5, CLASSES)).double()
+    compute_stiffness(model, probe_of(torch.randn(6, 5)))
+    gc.collect()  # earlier tests' models first
+    entries = len(SETUP_CACHE)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None and len(SETUP_CACHE) == entries - 1

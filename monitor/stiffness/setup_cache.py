@@ -117,6 +117,9 @@ class SetupCache:
         self.checks = 0
         self.hits = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, model: nn.Module, structure: Structure) -> Verdict | None:
         """The verdict stored for ``model`` if its structure is unchanged, else None."""
         with self._lock:
