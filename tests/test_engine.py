@@ -648,7 +648,7 @@ def test_evaluator_checks_the_model_once_across_checkpoints(tmp_path: Path) -> N
     config = parse_config(
         {
             "model": {"factory": "monitor.demo_trainer:build_mlp", "kwargs": {"hidden": 16}},
-            "probe": {"factory": "monitor.demo_trainer:probe", "per_class": 4},
+            "probe": {"factory": "monitor.demo_trainer:probe", "per_class": 10},
             "stiffness": {"device": "cpu", "mode": "class"},
         },
         source=tmp_path / "config.yaml",
