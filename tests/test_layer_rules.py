@@ -222,8 +222,9 @@ def test_rule_matches_reference(
 def test_conv_materialise_paths(
     layer: str, seed: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both ways to form a conv's per-example gradients (the CPU picks by shape, CUDA
-    always takes the grouped convolution) against one backward per example."""
+    """Both ways to form a conv's per-example gradients and class sums (the CPU picks by
+    shape, CUDA always takes the grouped convolution) against one backward per example;
+    class sums batched over slots and one slot at a time."""
     gen = torch.Generator().manual_seed(seed)
     model, x = RULE_CASES[layer](gen)
     model = model.double().eval()
@@ -233,6 +234,15 @@ def test_conv_materialise_paths(
     monkeypatch.setattr(ConvWeight, "bmm_materialise", property(lambda u: bmm and u.groups == 1))
     want = torch.stack(example_gradients(model, probe)[0])
     check_rows(fresh_rows(provider, probe.size), want, probe.targets)
+    weights = torch.rand(probe.size, dtype=torch.float64, generator=gen)
+    expected = torch.zeros(CLASSES, want.shape[1], dtype=torch.float64)
+    expected.index_add_(0, probe.targets, want * weights.unsqueeze(1))
+    rows = torch.arange(probe.size)
+    for padding in (1e9, 0.0):  # batched, then per slot
+        monkeypatch.setattr(grouping_module, "MAX_PADDING", padding)
+        sums = torch.zeros_like(expected)
+        fresh_rows(provider, probe.size).add_class_sums(sums, probe.targets, rows, weights)
+        torch.testing.assert_close(sums, expected)
 
 
 class TiedLM(nn.Module):
