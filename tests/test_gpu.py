@@ -89,6 +89,14 @@ def test_cuda_layer_rules_match_reference(layer: str) -> None:
         assert isinstance(rows, FactoredRows) and rows.device.type == "cuda"
         torch.testing.assert_close(rows.squared_norms64(), (want * want).sum(1))
         torch.testing.assert_close(rows.dot64(provider(0, 3).grads), want @ want[:3].T)  # type: ignore[arg-type]
+        # Class sums, all slots in one product per layer (equal slots: batched).
+        weights = torch.rand(probe.size, dtype=torch.float64)
+        expected = torch.zeros(3, want.shape[1], dtype=torch.float64)
+        expected.index_add_(0, probe.targets, want * weights.unsqueeze(1))
+        sums = torch.zeros_like(expected, device="cuda")
+        every = torch.arange(probe.size, device="cuda")
+        rows.add_class_sums(sums, probe.targets.cuda(), every, weights.cuda())
+        torch.testing.assert_close(sums.cpu(), expected)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
