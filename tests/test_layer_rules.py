@@ -212,6 +212,10 @@ def test_rule_matches_reference(
         0, probe.targets[rows], want[rows] * weights[rows].unsqueeze(1)
     )
     torch.testing.assert_close(sums, expected)
+    spread = torch.zeros(2 * CLASSES, want.shape[1], dtype=torch.float64)  # slots 0, 2, 4
+    fresh_rows(provider, n).add_class_sums(spread, 2 * probe.targets[rows], rows, weights[rows])
+    torch.testing.assert_close(spread[::2], expected)
+    assert not spread[1::2].any()
     projected = fresh_rows(provider, n).project(sums, probe.targets)
     torch.testing.assert_close(projected, (want * expected[probe.targets]).sum(1))
 

@@ -33,6 +33,11 @@ class Groups:
         self.count = int(self.present.numel())
         self.sizes: list[int] = torch.bincount(self.labels, minlength=self.count).tolist()
         self.width = max(self.sizes, default=0)  # m: the largest group's size
+        slots_present = self.present.tolist()
+        contiguous = bool(slots_present) and slots_present[-1] - slots_present[0] == self.count - 1
+        # The slots as one slice when they are consecutive (a class-ordered chunk's are):
+        # class sums then add into a view, converting dtype in the same kernel.
+        self.span = slice(slots_present[0], slots_present[-1] + 1) if contiguous else None
 
     @property
     def batched(self) -> bool:

@@ -168,8 +168,11 @@ class FactoredRows:
         groups = Groups(rows, weights, slots)
         for block, cols in zip(self.blocks, self.columns, strict=True):
             if block.uses:
-                part = block.class_sums(groups).to(sums.dtype)  # (count, numel)
-                sums[:, cols].index_add_(0, groups.present, part)
+                part = block.class_sums(groups)  # (count, numel), the rows' dtype
+                if groups.span is not None:  # float64 += fp32 in one kernel, no copy
+                    sums[groups.span, cols] += part
+                else:
+                    sums[:, cols].index_add_(0, groups.present, part.to(sums.dtype))
 
     def project(self, sums: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """g_i·sums[slots_i] for each row i: (b,) float64 on the host."""
