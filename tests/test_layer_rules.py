@@ -444,15 +444,16 @@ def test_setup_check_runs_once_per_model_and_is_reused() -> None:
 
 
 class Doubled(nn.Module):
-    """Linear's rule sees one call, but the forward uses the weight twice: the rule is wrong."""
+    """Linear's rule sees one call, but with ``reuse`` the forward uses the weight twice:
+    the rule is then wrong."""
 
-    def __init__(self, lin: nn.Linear) -> None:
+    def __init__(self, lin: nn.Linear, reuse: bool = True) -> None:
         super().__init__()
-        self.lin = lin
+        self.lin, self.reuse = lin, reuse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.lin(x) + F.linear(x, self.lin.weight)
-        return out
+        out: torch.Tensor = self.lin(x)
+        return out + F.linear(x, self.lin.weight) if self.reuse else out
 
 
 def _double_output(module: nn.Module, args: tuple[object, ...], out: torch.Tensor) -> torch.Tensor:
@@ -464,12 +465,13 @@ def _squared_weight(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, lin.weight * lin.weight, lin.bias)
 
 
-@pytest.mark.parametrize("change", ["submodule", "forward", "tied", "hook", "shape"])
+@pytest.mark.parametrize("change", ["submodule", "forward", "tied", "hook", "shape", "flag"])
 def test_changed_model_is_checked_again(change: str) -> None:
     """Every change to the module tree invalidates the cached verdict; the new check gives
     the right coverage, so the result still matches the reference."""
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, CLASSES)).double()
+    first = Doubled(nn.Linear(5, 5), reuse=False) if change == "flag" else nn.Linear(5, 5)
+    model = nn.Sequential(first, nn.Tanh(), nn.Linear(5, CLASSES)).double()
     probe = probe_of(torch.randn(10, 5))
     evaluate_against_reference(model, probe)
     assert hooks_for(model, probe).fallback_names == []
@@ -489,6 +491,9 @@ def test_changed_model_is_checked_again(change: str) -> None:
     elif change == "hook":  # a user hook changes the output: the gradients change
         model[2].register_forward_hook(_double_output)
         moved = ["2.weight", "2.bias"]  # the hooks capture after it: the check sees that
+    elif change == "flag":  # a plain attribute the forward branches on
+        model[0].reuse = True
+        moved = ["0.lin.weight"]
     else:
         model[0] = nn.Linear(5, 5, bias=False).double()
     evaluate_against_reference(model, probe)

@@ -10,7 +10,8 @@ weights' values.
 
 ``SetupCache`` keeps the verdict per model (weakly: a collected model drops its entry) under
 a ``Structure`` that must match exactly for the verdict to be reused: every submodule (same
-object, same class, same forward hooks, no instance-level ``forward`` override), every
+object, same class, same forward hooks, same plain attributes such as a flag its forward
+branches on, the same instance-level ``forward`` override if any), every
 parameter and buffer (same object for parameters, so a re-tied or replaced weight counts as
 a change; name, shape, dtype), the selected names, the probe's example shape and dtype, the
 targets' dtype, shape and range (the output check tests that the logits fit them), the
@@ -50,6 +51,22 @@ def _hook_keys(module: nn.Module) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(hooks) for hooks in (module._forward_hooks, module._forward_pre_hooks))
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
+    """The module's plain attributes (stride, padding, eps, a flag its forward branches on):
+    a forward that changes with them may change which calls the hooks see."""
+    found = []
+    for key, value in sorted(vars(module).items()):
+        plain = isinstance(value, _PLAIN) or (
+            isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+        )
+        if plain and not key.startswith("_") and key != "training":  # the engine sets eval
+            found.append((key, value))
+    return tuple(found)
+
+
 class Structure:
     """A comparable snapshot of everything the verdict depends on (see the module docstring)."""
 
@@ -65,7 +82,7 @@ class Structure:
         modules = list(model.named_modules(remove_duplicate=False))
         params = list(model.named_parameters(remove_duplicate=False))
         self.plain: tuple[Any, ...] = (
-            tuple((name, type(m), _hook_keys(m), "forward" in vars(m)) for name, m in modules),
+            tuple((name, type(m), _hook_keys(m), _settings(m)) for name, m in modules),
             tuple((name, tuple(p.shape), p.dtype) for name, p in params),
             tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers()),
             tuple(_hook_keys_global()),
