@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bench.signal_quality import data
-from bench.signal_quality.__main__ import main
+from bench.signal_quality.__main__ import BEGIN, FINISH, main, splice
 from bench.signal_quality.build import CACHE, load_histories
 from bench.signal_quality.outcomes import (
     COSTLY_REGRET,
@@ -219,8 +219,12 @@ def test_every_scenario_has_a_cached_history() -> None:
 
 def test_the_table_builds_from_the_cache_and_chooses_the_shipped_default(tmp_path: Path) -> None:
     out, table = tmp_path / "table.md", tmp_path / "outcomes.csv"
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n")
     seeds = [str(seed) for seed in SELECTION_SEEDS]
-    assert main(["--out", str(out), "--csv", str(table), "--seeds", *seeds]) == 0
+    arguments = ["--out", str(out), "--csv", str(table), "--benchmarks", str(benchmarks)]
+    assert main([*arguments, "--seeds", *seeds]) == 0
+    assert benchmarks.read_text().startswith("# Benchmarks\n\n" + BEGIN)
     text = out.read_text()
     assert "2026-11-24" in text and "2-core CPU container" in text
     assert "`rules/default.yaml` holds exactly these rules." in text
@@ -232,3 +236,20 @@ def test_the_table_builds_from_the_cache_and_chooses_the_shipped_default(tmp_pat
     assert len(rows) % runs == 0 and len({row["scenario"] for row in rows}) == runs
     oracle = [row for row in rows if row["rules"] == "oracle"]
     assert all(float(row["regret"]) == 0.0 for row in oracle)
+
+
+def test_benchmarks_md_carries_the_table_the_cache_and_rules_give_today(tmp_path: Path) -> None:
+    """The committed summary in BENCHMARKS.md may not drift from the cache and the rule files."""
+    committed = (REPO / "BENCHMARKS.md").read_text()
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(committed)
+    arguments = ["--out", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv")]
+    assert main([*arguments, "--benchmarks", str(copy)]) == 0
+    assert copy.read_text() == committed, "run `python -m bench.signal_quality` and commit"
+
+
+def test_splice_replaces_only_its_own_section() -> None:
+    section = f"{BEGIN}\nnew\n{FINISH}"
+    old = f"head\n{BEGIN}\nold\n{FINISH}\ntail\n"
+    assert splice(old, section) == f"head\n{section}\ntail\n"
+    assert splice("head\n", section) == f"head\n\n{section}\n"

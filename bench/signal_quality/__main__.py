@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SHIPPED = REPO / "rules"
 CANDIDATES = Path(__file__).resolve().parent / "candidates"
 OUT = REPO / "bench" / "signal_quality.md"
+BENCHMARKS = REPO / "BENCHMARKS.md"
+BEGIN = "<!-- signal-quality: begin (written by python -m bench.signal_quality) -->"
+FINISH = "<!-- signal-quality: end -->"
 COLUMNS = ("rules", "scenario", "task", "arch", "optimizer", "lr_level", "noise", "seed",
            "stopped", "stop_step", "stop_epoch", "last_step", "test_at_stop", "best_step",
            "best_test", "regret", "saved", "early", "costly_early")  # fmt: skip
@@ -48,6 +51,25 @@ def write_csv(
                                  f"{o.saved:.4f}", o.early, o.costly_early])  # fmt: skip
 
 
+def benchmarks_section(report: str) -> str:
+    """The report's summary (up to the per-factor tables) as a BENCHMARKS.md section."""
+    summary = report.split("\n## By factor", 1)[0].rstrip()
+    lines = ["#" + line if line.startswith("#") else line for line in summary.splitlines()]
+    pointer = (
+        "Per factor and per run: the full report the command writes, by default "
+        "[bench/signal_quality.md](bench/signal_quality.md) (and `bench/signal_quality.csv`)."
+    )
+    return "\n".join([BEGIN, *lines, "", pointer, FINISH])
+
+
+def splice(document: str, section: str) -> str:
+    """``document`` with its signal-quality section replaced by ``section`` (appended if none)."""
+    if BEGIN in document and FINISH in document:
+        head, rest = document.split(BEGIN, 1)
+        return head + section + rest.split(FINISH, 1)[1]
+    return document.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def run_to_end(history: dict[str, Any]) -> Outcome:
     """The reference with no rule: the run delivers its last checkpoint."""
     checkpoints = history["checkpoints"]
@@ -69,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
     parser.add_argument(
         "--csv", type=Path, default=OUT.with_suffix(".csv"), help="per-run outcomes to write"
+    )
+    parser.add_argument(
+        "--benchmarks", type=Path, default=BENCHMARKS, help="BENCHMARKS.md to update"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[*SELECTION_SEEDS, *HELD_OUT_SEEDS])
     args = parser.parse_args(argv)
@@ -100,9 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs=args.jobs,
     )
     args.out.write_text(text)
+    section = benchmarks_section(text)
+    args.benchmarks.write_text(splice(args.benchmarks.read_text(), section))
     write_csv(args.csv, results, histories)
     print(text.split("\n## ", 2)[1] if "\n## " in text else text)
-    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s "
+    print(f"wrote {args.out} and its summary into {args.benchmarks} in "
+          f"{time.perf_counter() - started:.1f} s "
           f"(median run {statistics.median(run_seconds):.1f} s)")  # fmt: skip
     return 0
 
