@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -141,7 +144,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_during_start_up(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(EXIT_OK)
+
+
 def _watch(args: argparse.Namespace) -> int:
+    # Until the daemon installs its own handlers (after torch is imported and the config is
+    # loaded: seconds), SIGTERM is a clean stop: nothing has been evaluated or stored yet.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_during_start_up)
     from monitor.daemon import Daemon
     from monitor.logs import configure_logging
 

@@ -136,13 +136,18 @@ def test_kill_9_then_restart_keeps_every_committed_result(tmp_path: Path) -> Non
     run_dir = tmp_path / "run"
     for step in range(1, 13):
         write_checkpoint(run_dir / f"step_{step}.pt", step)
-    config = make_config(tmp_path / "monitor", {"a": run_dir})
+    # Slow evaluations (the per-example loop on a 500-example probe, about 0.3 s each), so the
+    # kill lands with work still queued: hooks take 5 ms, and all 12 would be done first.
+    slow = {"stiffness": {"device": "cpu", "backend": "loop"}, "probe": {"per_class": 50}}
+    config = make_config(tmp_path / "monitor", {"a": run_dir}, **slow)
     first = DaemonProcess(config)
     wait_for(lambda: len(evaluated_steps(config)) >= 2, what="two evaluations")
     first.kill()
     committed = evaluated_steps(config)
+    assert len(committed) < 12, "the kill came too late to test a restart mid-queue"
     second = DaemonProcess(config)
     try:
+        wait_for(lambda: "watching 1 run" in second.log, what="the second daemon's start")
         wait_for(lambda: len(evaluated_steps(config)) == 12, what="twelve evaluations")
         steps = evaluated_steps(config)
         assert steps == list(range(1, 13))
