@@ -16,12 +16,14 @@ BASELINE = "probe_loss_patience"
 #: The rebuild as measured for the committed cache (a record, not computed: the machine is
 #: shared, so a rebuild's time says as much about the neighbours as about the benchmark).
 REBUILD_NOTE = (
-    "Rebuild timing, measured 2026-11-24 on the shared 2-core container: the `--rebuild` "
-    "step (2 workers) took 21.2 min of wall time while other engineers' jobs ran (load average up "
-    "to 5.5 on 2 cores). Four of the runs retrained afterwards at a load of about 1.5 took "
-    "63 s against 158 s recorded during the rebuild (2.5x less) and gave bit-identical "
-    "histories, so an uncontended rebuild should take roughly 42.2 / 2.5 / 2 = 8.5 min (an "
-    "extrapolation from four runs, not a measurement); a table from the cache takes seconds."
+    "Rebuild timing, measured 2026-11-24 on the 2-core container with nothing else running "
+    "(load average 0.6 before, about 2 during): `python -m bench.signal_quality --rebuild` "
+    "(2 workers, all 90 runs) took 11.4 min of wall time end to end. Its table and "
+    "`bench/signal_quality.csv` were identical to those from histories built earlier in the "
+    "day under heavy load (21.2 min then), while the engine still summed classes in float32; "
+    "the histories differ only in timings and in stiffness values at the 1e-5 level (that "
+    "float32 error), and the committed cache is this rebuild's. A table from the cache takes "
+    "seconds."
 )
 DEFAULT = "default"
 #: A run that ends this far below its best (accuracy, 0..1) has collapsed, not overfitted.
