@@ -181,8 +181,10 @@ def run_demo(options: DemoOptions) -> int:
         print("\ninterrupted: stopping the trainer and the daemon", file=sys.stderr)
         return 130
     finally:
-        impatient = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not
-        try:  # cut the cleanup short and leave a child running
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short and leave a child running.
+        impatient = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
             _stop(trainer, grace=5.0)
             _stop(daemon)
         finally:

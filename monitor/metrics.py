@@ -10,6 +10,7 @@ an operator expects from any Python exporter. The HTTP side is ``metrics_server`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
@@ -276,7 +277,9 @@ class MonitorMetrics:
         names = {reading.rule for reading in readings}
         for stale in self._rule_labels.get(run, set()) - names:
             for gauge in (self.rule_value, self.rule_best, self.rule_wait):
-                gauge.remove(run, stale)  # a no-op where the kind had no such series
+                # The kind may have had no such series: prometheus-client < 0.22 raises then.
+                with contextlib.suppress(KeyError):
+                    gauge.remove(run, stale)
         self._rule_labels[run] = names
         for reading in readings:
             self.rule_value.labels(run=run, rule=reading.rule).set(_number(reading.value))

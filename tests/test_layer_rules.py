@@ -502,6 +502,33 @@ def test_changed_model_is_checked_again(change: str) -> None:
     assert SETUP_CACHE.checks == checks + 1  # and the new verdict is cached in turn
 
 
+class GatedReuse(nn.Module):
+    """ReZero-style: ``lin.weight`` is also used functionally behind a gate that starts at 0.
+    While the gate is 0 the hidden use adds nothing and Linear's rule is right; once training
+    opens the gate the rule misses that use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.lin(x) + self.gate * F.linear(x, self.lin.weight)
+        return out
+
+
+def test_a_hidden_use_that_opens_later_is_caught_at_that_checkpoint() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(GatedReuse(), nn.Tanh(), nn.Linear(5, CLASSES)).double()
+    probe = probe_of(torch.randn(10, 5))
+    evaluate_against_reference(model, probe)
+    assert "0.lin.weight" not in hooks_for(model, probe).fallback_names
+    with torch.no_grad():  # a later checkpoint, copied in place: the gate is open
+        model[0].gate.fill_(1.0)
+    evaluate_against_reference(model, probe)
+    assert "0.lin.weight" in hooks_for(model, probe).fallback_names
+
+
 def test_inconclusive_check_is_not_cached() -> None:
     """With a zero last layer every earlier gradient is zero: a wrong rule could pass the
     check unseen, so the verdict is not reused until the weights make it conclusive."""

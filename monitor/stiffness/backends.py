@@ -133,33 +133,36 @@ def _hooks(
 ) -> HookGradients | None:
     """The hook provider when rules cover at least one selected parameter (rule 0).
 
-    The setup checks run once per model structure (``setup_cache``); a cached verdict
-    stands for all of them, the fallback provider's output check included."""
+    The structural checks (logits that fit the targets, a deterministic forward that writes to
+    none of the model's tensors, the fallback provider's output) run once per model structure
+    (``setup_cache``). The comparison of every layer rule with autograd on two examples runs
+    at every call: it depends on the weights (a use of a weight that the hooks cannot see,
+    behind a gate that is zero at one checkpoint, contributes at the next), and it costs one
+    small forward and two backward passes."""
     hooks = HookGradients(model, selection, inputs, targets, device, precision)
     if not hooks.covered:
         return None
     structure = Structure(model, selection, inputs, targets, device, precision)
     verdict = SETUP_CACHE.get(model, structure)
-    moved: list[str] = []
     if verdict is not None:
         hooks.apply(verdict.moved)
-        hooks.example_bytes = verdict.example_bytes
     else:
         # The loop's checks: logits the targets fit, a deterministic forward that writes to
         # none of the model's tensors (the hooks would otherwise measure it silently).
         LoopGradients(model, selection, inputs, targets, device, precision).check_outputs()
-        moved = hooks.check()
-        if moved:
-            logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
+    moved = hooks.check() if hooks.covered else []
+    if moved:
+        logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
     if not hooks.covered:  # every rule disagreed: nothing worth caching
         return None
     if hooks.fallback_names:
         hooks.fallback = dense_provider(
             model, hooks.fallback_selection, inputs, targets, device, precision,
-            checked=verdict is not None,
+            checked=verdict is not None and not moved,
         )  # fmt: skip
-    if verdict is None:  # stored only once every check has passed
-        found = Verdict(tuple(moved), hooks.example_bytes)
+    if verdict is None or moved:  # stored only once every check has passed
+        earlier = verdict.moved if verdict is not None else ()
+        found = Verdict((*earlier, *moved), hooks.example_bytes)
         SETUP_CACHE.put(model, structure, found if hooks.conclusive else None)
     return hooks
 

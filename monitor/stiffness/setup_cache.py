@@ -18,10 +18,14 @@ targets' dtype, shape and range (the output check tests that the logits fit them
 device and the precision. Objects are compared by weak reference, never by ``id`` (an id
 can be reused by a new object after the old one is collected).
 
-One case depends on the weights: a parameter whose autograd gradient is exactly zero for
-both checked examples (a zero-initialised layer downstream of it, ``zero_init_residual``)
-cannot show that its rule is wrong. Such a verdict is inconclusive and is not cached, so the
-check runs again at the next checkpoint, until the weights make it conclusive.
+What the cache may not skip: the comparison of the layer rules with autograd depends on the
+weights, not only on the structure. A weight can have one use the hooks see and another they
+cannot (a functional call behind a gate that is zero at initialisation); while the gate is
+zero the hidden use contributes nothing, the rule matches, and a cached verdict would hide
+it once training opens the gate. ``backends._hooks`` therefore repeats that comparison at
+every call (two examples: one small forward, two backward passes) and only the structural
+checks are skipped on a hit. A parameter whose autograd gradient is exactly zero for both
+checked examples makes the verdict inconclusive; it is not cached.
 """
 
 from __future__ import annotations
