@@ -529,6 +529,24 @@ def test_a_hidden_use_that_opens_later_is_caught_at_that_checkpoint() -> None:
     assert "0.lin.weight" in hooks_for(model, probe).fallback_names
 
 
+def test_in_place_activations_keep_their_layers_on_the_rules() -> None:
+    """torchvision's pattern: BatchNorm, then ReLU(inplace=True). The in-place op changes the
+    tensor the hooks recorded; those layers get a copy of their output and keep their rule."""
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6), nn.ReLU(inplace=True), nn.Linear(6, CLASSES),
+    ).double().eval()  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    probe = probe_of(torch.randn(10, 3, 6, 6))
+    evaluate_against_reference(model, probe)
+    provider = hooks_for(model, probe)
+    assert provider.fallback_names == []
+    assert provider.copied == {model[1], model[4]}
+
+
 def test_inconclusive_check_is_not_cached() -> None:
     """With a zero last layer every earlier gradient is zero: a wrong rule could pass the
     check unseen, so the verdict is not reused until the weights make it conclusive."""

@@ -70,6 +70,7 @@ class HookGradients(ProviderBase):
         self.fallback: GradientProvider | None = None
         self.example_bytes = 0
         self.conclusive = True
+        self.copied: frozenset[nn.Module] = frozenset()  # layers followed by in-place ops
 
     @property
     def fallback_selection(self) -> ParameterSelection:
@@ -96,14 +97,39 @@ class HookGradients(ProviderBase):
         """Compare the rules with autograd on the first examples; move disagreeing
         parameters to the fallback. Returns the names moved.
 
-        Sets ``conclusive``: False when some covered parameter's autograd gradient was
-        exactly zero for every checked example (its rule could be wrong unseen), so the
-        verdict must not be reused for other weights (``setup_cache``)."""
+        A layer whose rule disagrees is tried once more with its output copied (an in-place
+        operation after it, ``nn.ReLU(inplace=True)``, changes what the hooks see); layers
+        the copy puts right keep their rule and the copy. Sets ``conclusive``: False when
+        some covered parameter's autograd gradient was exactly zero for every checked
+        example (its rule could be wrong unseen)."""
+        self.copied = frozenset()
+        wrong, silent, k, calls = self._disagreeing()
+        if wrong:
+            self.copied = frozenset(
+                m for m, (_, local) in self.layers.items() if set(local.values()) & set(wrong)
+            )
+            retried, silent_again, k, calls_again = self._disagreeing()
+            if len(retried) < len(wrong):
+                wrong, silent, calls = retried, silent_again, calls_again
+                still = set(wrong)
+                self.copied = frozenset(
+                    m for m in self.copied if not set(self.layers[m][1].values()) <= still
+                )
+            else:
+                self.copied = frozenset()
+        self.conclusive = not (silent - set(wrong))
+        self.apply(wrong)
+        self._measure(calls, k)
+        return wrong
+
+    def _disagreeing(self) -> tuple[list[str], set[str], int, list[Call]]:
+        """Covered parameters whose rule disagrees with autograd, those whose gradient was
+        zero for every checked example, the examples checked, and the recorded calls."""
         k = min(CHECK_EXAMPLES, int(self.targets.shape[0]))
         x, y = self.inputs[:k].to(self.device), self.targets[:k].to(self.device)
         got = capture(
             self.model, list(self.layers), x, y, self.selection.dtype,
-            contextlib.nullcontext(), keep_graph=True,
+            contextlib.nullcontext(), keep_graph=True, copied=self.copied,
         )  # fmt: skip
         live = dict(self.model.named_parameters())
         names = sorted(self.covered)
@@ -132,10 +158,7 @@ class HookGradients(ProviderBase):
                 scale = float(exact.norm()) + float(mine.norm())
                 if not error <= CHECK_TOLERANCE * scale + 1e-12 and name not in wrong:
                     wrong.append(name)
-        self.conclusive = not (silent - set(wrong))
-        self.apply(wrong)
-        self._measure(got.calls, k)
-        return wrong
+        return wrong, silent, k, got.calls
 
     def apply(self, wrong: list[str] | tuple[str, ...]) -> None:
         """Move ``wrong`` (a setup check's verdict, fresh or cached) to the fallback."""
@@ -167,8 +190,9 @@ class HookGradients(ProviderBase):
         rows = stop - start
         try:
             got = capture(
-                self.model, list(self.layers), x, y, self.selection.dtype, self._autocast()
-            )
+                self.model, list(self.layers), x, y, self.selection.dtype, self._autocast(),
+                copied=self.copied,
+            )  # fmt: skip
             uses = self._uses(got.calls)
         except torch.cuda.OutOfMemoryError:
             raise  # the chunk stream retries with a smaller chunk

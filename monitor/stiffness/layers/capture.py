@@ -42,14 +42,24 @@ class Captured:
 
 
 @contextlib.contextmanager
-def hooked(modules: list[nn.Module]) -> Iterator[list[Call]]:
-    """Record every call of ``modules`` while inside; the hooks are removed on exit."""
+def hooked(
+    modules: list[nn.Module], copied: frozenset[nn.Module] = frozenset()
+) -> Iterator[list[Call]]:
+    """Record every call of ``modules`` while inside; the hooks are removed on exit.
+
+    A module in ``copied`` passes a copy of its output on: an in-place operation after it
+    (``nn.ReLU(inplace=True)`` after BatchNorm) then changes the copy, and the gradient at
+    the recorded output stays the one at the layer's output, not the one after that
+    operation. It costs one activation copy, so only layers that need it get it."""
     calls: list[Call] = []
 
-    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if isinstance(output, torch.Tensor) and output.requires_grad:
             inputs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             calls.append(Call(module, inputs, output))
+            if module in copied:
+                return output.clone()
+        return None
 
     handles = [module.register_forward_hook(record) for module in modules]
     try:
@@ -67,10 +77,11 @@ def capture(
     dtype: torch.dtype,
     autocast: contextlib.AbstractContextManager[Any],
     keep_graph: bool = False,
+    copied: frozenset[nn.Module] = frozenset(),
 ) -> Captured:
     """Forward ``x`` with hooks, then B for every call. With ``keep_graph`` the losses stay
     attached (the setup check differentiates them once more, example by example)."""
-    with torch.enable_grad(), hooked(modules) as calls:
+    with torch.enable_grad(), hooked(modules, copied) as calls:
         with autocast:
             logits = extract_logits(model(x)).to(dtype)  # (b, C)
         losses = F.cross_entropy(logits, y, reduction="none")  # (b,) per-example data loss
