@@ -216,8 +216,11 @@ def test_rule_matches_reference(
     fresh_rows(provider, n).add_class_sums(spread, 2 * probe.targets[rows], rows, weights[rows])
     torch.testing.assert_close(spread[::2], expected)
     assert not spread[1::2].any()
-    projected = fresh_rows(provider, n).project(sums, probe.targets)
+    chunk = fresh_rows(provider, n)
+    projected = chunk.project(sums, probe.targets)
     torch.testing.assert_close(projected, (want * expected[probe.targets]).sum(1))
+    if ghost:  # nothing formed the rows before: the projection must not keep them either
+        assert all(block._dense is None for block in chunk.blocks)
 
 
 @pytest.mark.parametrize("path", ["grouped-conv", "bmm"])

@@ -62,13 +62,19 @@ class ParamBlock:
     def materialised(self) -> torch.Tensor:
         """(b, numel), formed once and kept (pair mode caches it in its panel)."""
         if self._dense is None:
-            if not self.uses:
-                raise ValueError(f"parameter {self.name} has no use in this chunk")
-            total = self.uses[0].materialise()
-            for use in self.uses[1:]:
-                total = total + use.materialise()
-            self._dense = total
+            self._dense = self.transient_rows()
         return self._dense
+
+    def transient_rows(self) -> torch.Tensor:
+        """(b, numel) like ``materialised``, but not kept when not already formed."""
+        if self._dense is not None:
+            return self._dense
+        if not self.uses:
+            raise ValueError(f"parameter {self.name} has no use in this chunk")
+        total = self.uses[0].materialise()
+        for use in self.uses[1:]:
+            total = total + use.materialise()
+        return total
 
     def squared_norms(self) -> torch.Tensor:
         """|g_i|² for this parameter, (b,) in float64."""
@@ -179,8 +185,11 @@ class FactoredRows:
         total = torch.zeros(self.batch, dtype=torch.float64, device=self.device)
         for block, cols in zip(self.blocks, self.columns, strict=True):
             if block.uses:  # (b, numel) · (b, numel) summed per row
-                dense = block.materialised().double()
+                # One block's rows at a time, dropped after use: kept on every block they
+                # would add up to the (b, P) matrix this backend exists to avoid.
+                dense = block.transient_rows().double()
                 total += (dense * sums[slots, cols]).sum(dim=1)
+                del dense
         return total.cpu()
 
     def zero_rows(self, mask: torch.Tensor) -> None:
