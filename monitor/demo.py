@@ -26,7 +26,7 @@ import yaml
 
 from monitor.demo_trainer import require_demo_extra, steps_per_epoch
 from monitor.errors import ConfigError, MonitorError
-from monitor.report import write_report
+from monitor.report import atomic_write, write_report
 from monitor.report_summary import Progress, summarise
 from monitor.rule_spec import shipped_rules_path
 
@@ -67,9 +67,13 @@ def prepare_workdir(folder: Path) -> None:
             "pass an empty or new folder"
         )
     for name in ("checkpoints", "state", "report"):
-        shutil.rmtree(folder / name, ignore_errors=True)
+        old = folder / name
+        if old.is_symlink():  # removed, never followed: its target is not the demo's
+            old.unlink()
+        elif old.exists():
+            shutil.rmtree(old)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by stiffness-monitor demo\n", encoding="utf-8")
+    atomic_write(folder / MARKER, b"made by stiffness-monitor demo\n")
 
 
 def write_config(folder: Path, options: DemoOptions) -> Path:
@@ -90,7 +94,7 @@ def write_config(folder: Path, options: DemoOptions) -> Path:
     }
     path = folder / "config.yaml"
     header = "# Written by `stiffness-monitor demo`; rerun `stiffness-monitor watch -c` on it.\n"
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    atomic_write(path, (header + yaml.safe_dump(config, sort_keys=False)).encode("utf-8"))
     return path
 
 

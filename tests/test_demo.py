@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
+from monitor.demo import MARKER, prepare_workdir
 from tests.conftest import REPO, run_cli
 from tests.daemon_harness import wait_for
 
@@ -99,6 +100,20 @@ def test_the_demo_refuses_a_folder_it_did_not_make(
     assert main(["demo", "--workdir", str(tmp_path)]) == 2
     assert "was not made by the demo" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_rerun_clears_its_own_folders_but_never_follows_a_planted_link(tmp_path: Path) -> None:
+    workdir, elsewhere = tmp_path / "demo", tmp_path / "elsewhere"
+    prepare_workdir(workdir)
+    (workdir / "state").mkdir()
+    (workdir / "state" / "state.db").write_text("old")
+    elsewhere.mkdir()
+    (elsewhere / "step_9.pt").write_text("not the demo's")
+    (workdir / "checkpoints").symlink_to(elsewhere)
+    prepare_workdir(workdir)  # a rerun
+    assert not (workdir / "state").exists() and not (workdir / "checkpoints").exists()
+    assert (elsewhere / "step_9.pt").read_text() == "not the demo's"
+    assert (workdir / MARKER).is_file()
 
 
 def test_bad_demo_flags_and_a_missing_extra_are_usage_errors(
