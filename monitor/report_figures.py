@@ -51,8 +51,10 @@ def _save(figure: Figure, path: Path) -> Path:
     from monitor.report import atomic_write
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    plt.close(figure)
+    try:
+        figure.savefig(buffer, format="png", dpi=DPI)
+    finally:  # closed even when saving fails: pyplot keeps every open figure alive
+        plt.close(figure)
     atomic_write(path, buffer.getvalue())
     return path
 
