@@ -146,6 +146,8 @@ def _hooks(
     verdict = SETUP_CACHE.get(model, structure)
     if verdict is not None:
         hooks.apply(verdict.moved)
+        named = dict(model.named_modules())
+        hooks.copied = frozenset(named[name] for name in verdict.copied)
     else:
         # The loop's checks: logits the targets fit, a deterministic forward that writes to
         # none of the model's tensors (the hooks would otherwise measure it silently).
@@ -160,9 +162,10 @@ def _hooks(
             model, hooks.fallback_selection, inputs, targets, device, precision,
             checked=verdict is not None and not moved,
         )  # fmt: skip
-    if verdict is None or moved:  # stored only once every check has passed
+    copied = tuple(name for name, m in model.named_modules() if m in hooks.copied)
+    if verdict is None or moved or copied != verdict.copied:  # once every check has passed
         earlier = verdict.moved if verdict is not None else ()
-        found = Verdict((*earlier, *moved), hooks.example_bytes)
+        found = Verdict((*earlier, *moved), hooks.example_bytes, copied)
         SETUP_CACHE.put(model, structure, found if hooks.conclusive else None)
     return hooks
 

@@ -99,13 +99,14 @@ class HookGradients(ProviderBase):
 
         A layer whose rule disagrees is tried once more with its output copied (an in-place
         operation after it, ``nn.ReLU(inplace=True)``, changes what the hooks see); layers
-        the copy puts right keep their rule and the copy. Sets ``conclusive``: False when
-        some covered parameter's autograd gradient was exactly zero for every checked
-        example (its rule could be wrong unseen)."""
-        self.copied = frozenset()
+        the copy puts right keep their rule and the copy. ``copied`` may come in preset from
+        a cached verdict, so the retry is needed only when something changed. Sets
+        ``conclusive``: False when some covered parameter's autograd gradient was exactly
+        zero for every checked example (its rule could be wrong unseen)."""
         wrong, silent, k, calls = self._disagreeing()
         if wrong:
-            self.copied = frozenset(
+            known = self.copied
+            self.copied = known | frozenset(
                 m for m, (_, local) in self.layers.items() if set(local.values()) & set(wrong)
             )
             retried, silent_again, k, calls_again = self._disagreeing()
@@ -113,10 +114,12 @@ class HookGradients(ProviderBase):
                 wrong, silent, calls = retried, silent_again, calls_again
                 still = set(wrong)
                 self.copied = frozenset(
-                    m for m in self.copied if not set(self.layers[m][1].values()) <= still
+                    m
+                    for m in self.copied
+                    if m in self.layers and not set(self.layers[m][1].values()) <= still
                 )
             else:
-                self.copied = frozenset()
+                self.copied = known
         self.conclusive = not (silent - set(wrong))
         self.apply(wrong)
         self._measure(calls, k)

@@ -43,11 +43,13 @@ from monitor.stiffness.parameters import ParameterSelection
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the setup check decided: parameters moved to the fallback, and one example's
-    bytes in a chunk (``HookGradients.example_bytes``)."""
+    """What the setup check decided: parameters moved to the fallback, one example's bytes
+    in a chunk (``HookGradients.example_bytes``), and the modules (by name: the verdict must
+    not keep the model alive) whose output is copied for an in-place op after them."""
 
     moved: tuple[str, ...]
     example_bytes: int
+    copied: tuple[str, ...] = ()
 
 
 def _hook_keys(module: nn.Module) -> tuple[tuple[int, ...], ...]:
