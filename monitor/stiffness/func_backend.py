@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
+from monitor.stiffness.loss import cross_entropy
 from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.provider_base import ProviderBase
 
@@ -60,7 +60,7 @@ class FuncGradients(ProviderBase):
         """Loss of one example (vmap strips the batch dimension; put back a batch of one)."""
         output = functional_call(self.model, (params, self.selection.constants), (x.unsqueeze(0),))
         logits = extract_logits(output).to(self.selection.dtype)  # (1, C)
-        loss = F.cross_entropy(logits, y.unsqueeze(0))
+        loss = cross_entropy(logits, y.unsqueeze(0))[0]
         return loss, logits.argmax(dim=1)[0] == y
 
     @contextlib.contextmanager

@@ -22,10 +22,10 @@ import itertools
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
+from monitor.stiffness.loss import cross_entropy
 from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.provider_base import ProviderBase
 
@@ -94,7 +94,7 @@ class LoopGradients(ProviderBase):
         """Fill ``row`` (P,) with one example's gradient; return its loss and correctness."""
         with self._autocast():
             logits = extract_logits(self.model(x)).to(row.dtype)  # (1, C)
-            loss = F.cross_entropy(logits, y)
+            loss = cross_entropy(logits, y)[0]
         if loss.requires_grad:  # else no selected parameter reaches the loss: zero gradient
             parts = torch.autograd.grad(loss, self.params, allow_unused=True)
             for part, where in zip(parts, self.slices, strict=True):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from monitor.stiffness.loss import cross_entropy
 from monitor.stiffness.outputs import extract_logits
 
 
@@ -84,7 +84,7 @@ def capture(
     with torch.enable_grad(), hooked(modules, copied) as calls:
         with autocast:
             logits = extract_logits(model(x)).to(dtype)  # (b, C)
-        losses = F.cross_entropy(logits, y, reduction="none")  # (b,) per-example data loss
+        losses = cross_entropy(logits, y)  # (b,) per-example data loss
         if calls:
             grads = torch.autograd.grad(
                 losses.sum(),
