@@ -53,6 +53,8 @@ def cap_device_memory(device: torch.device, limit: int | None) -> float | None:
     """
     if limit is None or device.type != "cuda":
         return None
+    if device.index is None:  # "cuda", as `auto` gives: torch's call needs the index
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = min(1.0, limit / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)

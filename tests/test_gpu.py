@@ -41,6 +41,22 @@ def test_cuda_engine_matches_float64_reference(
         assert max_error(result.pair_sets[name].cosine, ref.cosine[name]) < tolerance
 
 
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_probe_on_the_device_as_the_evaluator_puts_it(mode: Any) -> None:
+    """The Evaluator moves the probe (inputs, targets, splits) to the GPU once; class mode
+    sorts it by split and class on the host."""
+    model, probe, ref = case("cnn-batchnorm")
+    on_gpu = type(probe)(
+        probe.inputs.cuda(),
+        probe.targets.cuda(),
+        probe.is_train.cuda(),  # type: ignore[union-attr]
+    )
+    result = compute_stiffness(copy.deepcopy(model), on_gpu, EngineOptions(mode=mode), "cuda")
+    assert max_error(result.cosine, ref.cosine["val-val"]) < 1e-5
+    for name in ("train-val", "train-train"):
+        assert max_error(result.pair_sets[name].cosine, ref.cosine[name]) < 1e-5
+
+
 @pytest.mark.slow
 def test_evaluate_on_cuda(example_checkpoints: list[Path]) -> None:
     done = run_cli(
@@ -55,9 +71,9 @@ def test_evaluate_on_cuda(example_checkpoints: list[Path]) -> None:
 def test_memory_limit_caps_the_process_on_the_gpu() -> None:
     from monitor.evaluation import cap_device_memory
 
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
-    fraction = cap_device_memory(device, 2**30)
+    fraction = cap_device_memory(torch.device("cuda"), 2**30)  # no index, as `auto` gives
     assert fraction is not None and fraction == pytest.approx(2**30 / total)
     try:
         with pytest.raises(torch.cuda.OutOfMemoryError):
@@ -83,7 +99,7 @@ def test_cuda_layer_rules_match_reference(layer: str) -> None:
         model = model.double().eval()
         probe = probe_of(x)
         want = torch.stack(example_gradients(model, probe)[0])
-        provider = hooks_for(model.cuda(), probe)
+        provider = hooks_for(model.cuda(), probe, "cuda:0")
         assert isinstance(provider, HookGradients) and not provider.fallback_names
         rows = provider(0, probe.size).grads
         assert isinstance(rows, FactoredRows) and rows.device.type == "cuda"

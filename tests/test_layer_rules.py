@@ -152,9 +152,9 @@ def probe_of(x: torch.Tensor) -> ProbeSet:
     return ProbeSet(x.double() if x.is_floating_point() else x, targets)
 
 
-def hooks_for(model: nn.Module, probe: ProbeSet) -> HookGradients:
+def hooks_for(model: nn.Module, probe: ProbeSet, device: str = "cpu") -> HookGradients:
     provider = gradient_provider(
-        model, select_parameters(model), probe.inputs, probe.targets, torch.device("cpu")
+        model, select_parameters(model), probe.inputs, probe.targets, torch.device(device)
     )
     assert isinstance(provider, HookGradients)
     return provider

@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,13 @@ from torch import nn
 from monitor.errors import EngineError
 from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.class_mode import class_mode
-from monitor.stiffness.gradients import ChunkStream, ExampleStats
+from monitor.stiffness.gradients import (
+    ChunkStream,
+    ExampleStats,
+    memory_note,
+    out_of_memory,
+    release_cached_memory,
+)
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.outputs import LOSSES
@@ -42,20 +49,58 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+def _precision_fields() -> list[Any]:
+    """torch's per-backend ``fp32_precision`` settings that the global matmul precision
+    writes (CUDA and oneDNN matmuls) and cuDNN's convolutions, where this torch has them."""
+    backends = torch.backends
+    found = []
+    for space in (
+        backends.cuda.matmul,
+        getattr(backends.mkldnn, "matmul", None),
+        getattr(backends.cudnn, "conv", None),
+    ):
+        if space is not None and hasattr(space, "fp32_precision"):
+            found.append(space)
+    return found
+
+
 @contextlib.contextmanager
 def _matmul_precision(precision: str) -> Iterator[None]:
-    """Allow TF32 in CUDA matmuls and cuDNN for ``tf32`` only, inside the call."""
-    if precision != "tf32":
-        yield
-        return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    """TF32 matmuls and convolutions for ``tf32`` and for nothing else, inside the call; the
+    caller's settings back afterwards.
+
+    Explicitly off otherwise: cuDNN allows TF32 convolutions by default, which moved fp32
+    cosines by ~2e-3 (a simulation of TF32 rounding on the engine tests' CNN), 200 times
+    the fp32 contract; and a trainer in the same process that asked for
+    ``set_float32_matmul_precision("high")`` or ``"medium"`` (bf16 oneDNN matmuls on the
+    CPU) would do the same to matmuls. Matmuls go through the global setting, which keeps
+    torch's per-backend fields consistent (mixing them with the global one makes torch
+    raise when it is read); cuDNN convolutions have their own field (the legacy
+    ``allow_tf32`` flag before torch had it)."""
+    tf32 = precision == "tf32"
+    try:
+        caller = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed torch's two APIs: restore field by field only
+        caller = None
+    fields = _precision_fields()
+    saved = [space.fp32_precision for space in fields]
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    legacy_conv = not hasattr(conv, "fp32_precision")
+    saved_conv = torch.backends.cudnn.allow_tf32 if legacy_conv else None
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    if legacy_conv:
+        torch.backends.cudnn.allow_tf32 = tf32
+    else:
+        conv.fp32_precision = "tf32" if tf32 else "ieee"  # type: ignore[union-attr]
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
+        if caller is not None:
+            torch.set_float32_matmul_precision(caller)
+        for space, value in zip(fields, saved, strict=True):
+            space.fp32_precision = value
+        if saved_conv is not None:
+            torch.backends.cudnn.allow_tf32 = saved_conv
 
 
 def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
@@ -64,7 +109,8 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
     Class mode's per-chunk work is one weighted product per class present (hook backend):
     in probe order a chunk of 64 can hold every class; sorted, one or two.
     """
-    split = probe.is_train.long() if probe.has_splits and probe.is_train is not None else 0
+    # On the host: the probe may live on the device (the Evaluator moves it once).
+    split = probe.is_train.cpu().long() if probe.has_splits and probe.is_train is not None else 0
     key = probe.targets.cpu() + (split * (int(probe.targets.max()) + 1) if probe.size else 0)
     order = torch.sort(key, stable=True).indices
     is_train = probe.is_train[order] if probe.is_train is not None else None
@@ -73,6 +119,32 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
         tuple(probe.source_indices[i] for i in order.tolist()), probe.source,
     )  # fmt: skip
     return sorted_probe, order
+
+
+def _run_mode(
+    options: EngineOptions,
+    stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    inputs: torch.Tensor,
+) -> ModeResult:
+    """One pass of the chosen mode over the probe, from fresh ``stats``.
+
+    All of it is retried with a halved chunk after a CUDA out-of-memory error anywhere
+    inside, not only in the provider: the hook backend's rows are factored, so most memory
+    is taken later, by the modes (materialised layers, class sums, Gram blocks), and a mode
+    stopped half-way has already added part of a chunk to its sums."""
+    if options.mode == "class":
+        return class_mode(stream, layout, stats, options.uncertainty)
+    return pair_mode(stream, layout, stats, inputs, options.distance_bins, options.memory_limit)
+
+
+def _widen_half_precision(model: nn.Module) -> None:
+    """float16/bfloat16 weights to float32, in place (exact). The engine computes in float32
+    or float64; a bf16 forward is ``precision: bf16`` (autocast), not bf16 weights."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors):
+        model.float()
 
 
 def chunk_size(provider: object, options: EngineOptions) -> int:
@@ -128,24 +200,38 @@ def compute_stiffness(
     layout = ProbeLayout.from_probe(probe)
     with _eval_mode(model), _matmul_precision(options.precision):
         model.to(device)
+        _widen_half_precision(model)
         selection = select_parameters(model, options.include, options.exclude)
         inputs = probe.inputs
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
-        provider = gradient_provider(
-            model, selection, inputs, probe.targets, device, options.precision, options.backend
-        )
-        stream = ChunkStream(provider, chunk_size(provider, options))
-        stats = ExampleStats(probe.size, options.min_grad_norm)
-        part: ModeResult
+        try:
+            provider = gradient_provider(
+                model, selection, inputs, probe.targets, device, options.precision, options.backend
+            )
+        except torch.cuda.OutOfMemoryError as error:
+            raise EngineError(
+                f"out of memory setting up the engine on two examples ({memory_note(device)}); "
+                "select fewer parameters or use a larger device"
+            ) from error
+        batch = chunk_size(provider, options)
+        spent = 0.0  # gradient seconds of attempts given up on out-of-memory
+        while True:
+            stream = ChunkStream(provider, batch, configured=options.batch_size)
+            stats = ExampleStats(probe.size, options.min_grad_norm)
+            try:
+                part = _run_mode(options, stream, layout, stats, probe.inputs)
+            except torch.cuda.OutOfMemoryError as error:
+                spent += stream.seconds
+                if stream.batch_size <= 1:
+                    raise out_of_memory(stream.initial_batch_size, device) from error
+                batch = stream.batch_size // 2
+            else:
+                break
+            release_cached_memory(device)  # after the except block: its frames are gone
         if options.mode == "class":
-            part = class_mode(stream, layout, stats, options.uncertainty)
             stats.restore_order(order)
             layout = ProbeLayout.from_probe(original)
-        else:
-            part = pair_mode(
-                stream, layout, stats, probe.inputs, options.distance_bins, options.memory_limit
-            )
     total = time.perf_counter() - started
     usable, held, train = stats.usable, layout.held_out, layout.train
     return StiffnessResult(
@@ -172,7 +258,7 @@ def compute_stiffness(
         train_probe_accuracy=_mean(stats.correct.double(), train) if layout.has_splits else None,
         timings={
             "total": total,
-            "gradients": stream.seconds,
+            "gradients": spent + stream.seconds,
             "stiffness": max(0.0, total - stream.seconds),
         },
     )

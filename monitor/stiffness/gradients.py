@@ -13,6 +13,7 @@ rule in one place.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Iterator
@@ -59,24 +60,47 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _memory_note(device: torch.device) -> str:
+def memory_note(device: torch.device) -> str:
+    """What an out-of-memory message says about the device."""
     if device.type != "cuda":
         return f"device {device}"
     free, total = torch.cuda.mem_get_info(device)
     return f"device {device}: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB"
 
 
+def out_of_memory(configured: int, device: torch.device) -> EngineError:
+    """The error for out-of-memory at a chunk of one example."""
+    return EngineError(
+        "out of memory computing per-example gradients even with batch size 1 (configured "
+        f"batch_size {configured}; {memory_note(device)}); select fewer parameters or use "
+        "a larger device"
+    )
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give memory freed by a failed attempt back to the driver: a sidecar shares the GPU
+    with the trainer. Called after the ``except`` block, whose traceback holds the failed
+    attempt's tensors."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 class ChunkStream:
     """Runs a provider over example ranges in chunks; shrinks the chunk on out-of-memory.
 
     The shrunken chunk size sticks for the rest of the evaluation (pair mode streams the
-    probe several times), so one OOM is paid once, not at every pass.
+    probe several times), so one OOM is paid once, not at every pass. An out-of-memory
+    error in what the consumer does with a chunk is the engine's to retry (``engine``):
+    ``batch_size`` tells it where this stream got to.
     """
 
-    def __init__(self, provider: GradientProvider, batch_size: int) -> None:
+    def __init__(
+        self, provider: GradientProvider, batch_size: int, configured: int | None = None
+    ) -> None:
         self.provider = provider
         self.batch_size = batch_size
-        self.initial_batch_size = batch_size
+        self.initial_batch_size = batch_size if configured is None else configured
         self.seconds = 0.0
 
     def chunks(self, start: int, stop: int) -> Iterator[GradientChunk]:
@@ -85,21 +109,18 @@ class ChunkStream:
         while position < stop:
             end = min(stop, position + self.batch_size)
             began = time.perf_counter()
+            failed = False
             try:
                 chunk = self.provider(position, end)
                 _synchronize(device)
             except torch.cuda.OutOfMemoryError as error:
                 self.seconds += time.perf_counter() - began
                 if end - position <= 1:
-                    raise EngineError(
-                        "out of memory computing per-example gradients even with batch size "
-                        f"1 (configured batch_size {self.initial_batch_size}; "
-                        f"{_memory_note(device)}); select fewer parameters or use a larger "
-                        "device"
-                    ) from error
+                    raise out_of_memory(self.initial_batch_size, device) from error
                 self.batch_size = max(1, (end - position) // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                failed = True
+            if failed:
+                release_cached_memory(device)
                 continue
             self.seconds += time.perf_counter() - began
             position = end

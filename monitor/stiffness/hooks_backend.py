@@ -139,6 +139,8 @@ class HookGradients(ProviderBase):
         try:
             uses = self._uses(got.calls)
             blocks = {n: ParamBlock(n, int(live[n].numel()), uses[n], k) for n in names}
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a verdict on the rules: the engine reports it
         except (IndexError, ValueError, RuntimeError, TypeError):  # a rule refused its call
             blocks = {}
         wrong = [n for n in names if n not in blocks]

@@ -1,0 +1,118 @@
+"""The engine under pressure: out-of-memory anywhere in a mode, half-precision weights, and
+the TF32 switches it sets and restores.
+
+A CUDA out-of-memory error cannot be produced on the CPU, so the tests that need one raise
+``torch.cuda.OutOfMemoryError`` from inside the engine's own per-chunk work (after part of a
+chunk has been added to the class sums, or in the middle of a Gram block): the error is what
+torch raises there on a full GPU, and everything else is the real engine on a real model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from monitor.errors import EngineError
+from monitor.stiffness import EngineOptions, compute_stiffness
+from monitor.stiffness.engine import _matmul_precision
+from monitor.stiffness.layers.rows import ParamBlock
+from monitor.stiffness.result import StiffnessResult
+from tests.test_engine import case
+
+
+def same_result(got: StiffnessResult, want: StiffnessResult) -> None:
+    assert got.cosine.pair_counts == want.cosine.pair_counts
+    for row_got, row_want in zip(got.cosine.matrix, want.cosine.matrix, strict=True):
+        assert row_got == pytest.approx(row_want, abs=1e-12)
+    for name, pairs in want.pair_sets.items():
+        for a, b in zip(got.pair_sets[name].cosine.matrix, pairs.cosine.matrix, strict=True):
+            assert a == pytest.approx(b, abs=1e-12)
+    assert got.gradient_norms == pytest.approx(want.gradient_norms, rel=1e-12)
+    assert got.probe_loss == pytest.approx(want.probe_loss, rel=1e-12)
+    assert got.counts == want.counts
+
+
+class FullDevice:
+    """Makes one ParamBlock method raise out-of-memory for chunks over ``fits`` examples,
+    from its second call on, so part of the chunk's work has already been done."""
+
+    def __init__(self, method: str, fits: int) -> None:
+        self.method, self.fits = method, fits
+        self.original = getattr(ParamBlock, method)
+        self.batches: list[int] = []
+        self.raised = 0
+
+    def __call__(self, block: ParamBlock, *args: Any) -> Any:
+        self.batches.append(block.batch)
+        if block.batch > self.fits and len(self.batches) > 1:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate (test)")
+        return self.original(block, *args)
+
+
+@pytest.mark.parametrize(("mode", "method"), [("class", "class_sums"), ("pair", "dot")])
+def test_out_of_memory_in_a_mode_retries_with_half_the_chunk(
+    mode: Any, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    options = EngineOptions(mode=mode, batch_size=16)
+    # What the retry ends at: chunks of 4 from the start (the same sums in the same order).
+    want = compute_stiffness(copy.deepcopy(model), probe, EngineOptions(mode=mode, batch_size=4))
+    full = FullDevice(method, fits=4)
+    monkeypatch.setattr(ParamBlock, method, lambda block, *args: full(block, *args))
+    got = compute_stiffness(copy.deepcopy(model), probe, options)
+    assert full.raised >= 2  # 16 failed, then 8, then 4 fits
+    assert max(full.batches[-10:]) <= 4
+    # Nothing counted twice: the class sums of the failed attempts were thrown away.
+    same_result(got, want)
+
+
+def test_out_of_memory_at_one_example_is_a_clear_engine_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, probe, _ = case("mlp")
+    full = FullDevice("class_sums", fits=0)
+    monkeypatch.setattr(ParamBlock, "class_sums", lambda block, *args: full(block, *args))
+    with pytest.raises(EngineError, match="batch size 1 \\(configured batch_size 8"):
+        compute_stiffness(copy.deepcopy(model), probe, EngineOptions(batch_size=8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_widened_to_float32(dtype: torch.dtype) -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    half = copy.deepcopy(model).to(dtype)
+    widened = copy.deepcopy(half).float()  # the same weights, exactly, in float32
+    got = compute_stiffness(half, probe, EngineOptions(mode="pair"))
+    want = compute_stiffness(widened, probe, EngineOptions(mode="pair"))
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    same_result(got, want)
+
+
+def tf32_state() -> tuple[str, str, str]:
+    return (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.get_float32_matmul_precision(),
+    )
+
+
+@pytest.mark.parametrize("user", ["highest", "high", "medium"])
+def test_tf32_only_for_tf32_and_the_callers_settings_restored(user: str) -> None:
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(user)
+    try:
+        outside = tf32_state()
+        with _matmul_precision("fp32"):
+            # cuDNN allows TF32 convolutions by default: fp32 must switch it off.
+            assert tf32_state() == ("ieee", "ieee", "highest")
+        assert tf32_state() == outside
+        with _matmul_precision("tf32"):
+            assert tf32_state() == ("tf32", "tf32", "high")
+        with _matmul_precision("bf16"):
+            assert tf32_state() == ("ieee", "ieee", "highest")
+        assert tf32_state() == outside  # and reading it back does not raise
+    finally:
+        torch.set_float32_matmul_precision(before)
