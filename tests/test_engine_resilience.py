@@ -116,3 +116,19 @@ def test_tf32_only_for_tf32_and_the_callers_settings_restored(user: str) -> None
         assert tf32_state() == outside  # and reading it back does not raise
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_class_sums_that_do_not_fit_name_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not retried with smaller chunks (they would not help): the error says what is needed."""
+    model, probe, ref = case("mlp")
+    real = torch.zeros
+
+    def zeros(*size: Any, **kwargs: Any) -> torch.Tensor:
+        if size == (8, ref.parameters) and kwargs.get("dtype") == torch.float64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate (test)")
+        return real(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    message = "class sums: 8 sums of 114 parameters in torch.float64 need 0.00 GiB on cpu"
+    with pytest.raises(EngineError, match=message):
+        compute_stiffness(copy.deepcopy(model), probe, EngineOptions(batch_size=8))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from monitor.errors import EngineError
 from monitor.stiffness.gradients import ChunkStream, ExampleStats, Rows, dot64, squared_norms64
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
@@ -72,12 +73,22 @@ def classmate_dots(
 
 
 def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
-    """A (rows, P) zero matrix on the gradients' device, in their dtype."""
-    if isinstance(grads, FactoredRows):
-        # float64 sums: |S_a|² - n_a cancels most digits; the per-class products stay in
-        # the rows' dtype (fast GEMMs) and only their accumulation is float64.
-        return torch.zeros(rows, grads.width, dtype=torch.float64, device=grads.device)
-    return grads.new_zeros(rows, grads.shape[1])
+    """A (rows, P) zero matrix on the gradients' device, in their dtype (float64 for
+    factored rows). Out of memory here is not the chunk's fault, so it is not retried with
+    a smaller one: the error says what the sums need."""
+    factored = isinstance(grads, FactoredRows)
+    # float64 sums: |S_a|² - n_a cancels most digits; the per-class products stay in the
+    # rows' dtype (fast GEMMs) and only their accumulation is float64.
+    dtype = torch.float64 if factored else grads.dtype
+    try:
+        return torch.zeros(rows, grads.shape[1], dtype=dtype, device=grads.device)
+    except torch.cuda.OutOfMemoryError as error:
+        need = rows * grads.shape[1] * torch.finfo(dtype).bits / 8 / 2**30
+        raise EngineError(
+            f"out of memory allocating class mode's class sums: {rows} sums of "
+            f"{grads.shape[1]} parameters in {dtype} need {need:.2f} GiB on {grads.device}; "
+            "select fewer parameters (stiffness.include/exclude) or use pair mode"
+        ) from error
 
 
 def class_mode(
@@ -103,7 +114,7 @@ def class_mode(
             device = chunk.grads.device
             where = slot[chunk.start : chunk.stop][keep]  # (k,)
             scale = (1.0 / norms[keep]).to(device=device, dtype=chunk.grads.dtype)
-            chunk.grads.add_class_sums(sums, where.to(device), keep.to(device), scale)
+            chunk.grads.add_class_sums(sums, where, keep, scale)  # host indices: see Groups
             self_terms.index_add_(0, where, torch.ones(where.shape, dtype=torch.float64))
             counts.index_add_(0, where, torch.ones_like(where))
         elif keep.numel():

@@ -15,6 +15,7 @@ width 16, b=64) one grouped ``convolution_backward`` for 100 classes took 13 ms 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -25,15 +26,45 @@ MIN_GROUPS = 3  # two products cost less than copying both slots into padded ten
 
 class Groups:
     """``rows`` (k,) local rows with ``weights`` (k,), split by ``slots`` (k,) into
-    ``count`` groups; ``present`` (count,) is each group's slot, ``labels`` (k,) its group."""
+    ``count`` groups; ``present`` (count,) is each group's slot, ``labels`` (k,) its group.
+
+    The bookkeeping (which slots, how many each, where each example goes when padded) is
+    done on the host from host ``rows`` and ``slots``, and its index tensors reach the
+    weights' device in one copy: on CUDA, ``unique``, ``bincount`` and boolean masks each
+    wait for the GPU, and a chunk would otherwise pay tens of such waits."""
 
     def __init__(self, rows: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor) -> None:
-        self.rows, self.weights = rows, weights
-        self.present, self.labels = torch.unique(slots, return_inverse=True)
-        self.count = int(self.present.numel())
-        self.sizes: list[int] = torch.bincount(self.labels, minlength=self.count).tolist()
+        device = weights.device
+        host_rows, host_slots = rows.cpu(), slots.cpu()  # no wait when already on the host
+        present, labels = torch.unique(host_slots, return_inverse=True)
+        self.count = int(present.numel())
+        self.sizes: list[int] = torch.bincount(labels, minlength=self.count).tolist()
         self.width = max(self.sizes, default=0)  # m: the largest group's size
-        slots_present = self.present.tolist()
+        self.bounds = [0, *itertools.accumulate(self.sizes)]  # group g: bounds[g]:bounds[g+1]
+        order = torch.sort(labels, stable=True).indices  # (k,) grouped, stable within groups
+        sorted_labels = labels[order]
+        position = torch.arange(labels.numel()) - torch.tensor(self.bounds[:-1])[sorted_labels]
+        packed = torch.stack(
+            [
+                host_rows,
+                labels,
+                order,
+                host_rows[order],
+                sorted_labels * self.width + position,  # slot-major padded position
+                position * self.count + sorted_labels,  # position-major padded position
+            ]
+        ).to(device)  # (6, k): one copy
+        self.rows, self.labels, self.order, self.sorted_rows = (
+            packed[0],
+            packed[1],
+            packed[2],
+            packed[3],
+        )
+        self._where = {True: packed[4], False: packed[5]}
+        self.present = present.to(device)
+        self.weights = weights
+        self.sorted_weights = weights[self.order]
+        slots_present = present.tolist()
         contiguous = bool(slots_present) and slots_present[-1] - slots_present[0] == self.count - 1
         # The slots as one slice when they are consecutive (a class-ordered chunk's are):
         # class sums then add into a view, converting dtype in the same kernel.
@@ -51,26 +82,21 @@ class Groups:
         return picked.new_zeros(self.count, picked.shape[1]).index_add_(0, self.labels, picked)
 
     def members(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(label, rows, weights) for each group: the per-slot loop."""
+        """(label, rows, weights) for each group: the per-slot loop, slices of the grouped
+        order (no mask, so no wait for the device)."""
         for label in range(self.count):
-            here = self.labels == label
-            yield label, self.rows[here], self.weights[here]
+            part = slice(self.bounds[label], self.bounds[label + 1])
+            yield label, self.sorted_rows[part], self.sorted_weights[part]
 
     def padded(
         self, values: torch.Tensor, slot_major: bool = True, weighted: bool = True
     ) -> torch.Tensor:
         """values[rows_i] (times w_i when ``weighted``) placed at (group, position), zeros
         elsewhere: (count, m, ...) when ``slot_major``, else (m, count, ...)."""
-        m = self.width
-        order = torch.sort(self.labels, stable=True).indices  # (k,)
-        labels = self.labels[order]
-        starts = torch.tensor([0, *self.sizes[:-1]], device=labels.device).cumsum(0)
-        position = torch.arange(labels.numel(), device=labels.device) - starts[labels]
-        where = labels * m + position if slot_major else position * self.count + labels
-        picked = values[self.rows[order]]  # (k, ...)
+        picked = values[self.sorted_rows]  # (k, ...)
         if weighted:
-            picked = picked * self.weights[order].view(-1, *([1] * (picked.dim() - 1)))
-        out = picked.new_zeros(self.count * m, *picked.shape[1:])
-        out[where] = picked
-        shape = (self.count, m) if slot_major else (m, self.count)
+            picked = picked * self.sorted_weights.view(-1, *([1] * (picked.dim() - 1)))
+        out = picked.new_zeros(self.count * self.width, *picked.shape[1:])
+        out[self._where[slot_major]] = picked
+        shape = (self.count, self.width) if slot_major else (self.width, self.count)
         return out.view(*shape, *picked.shape[1:])
