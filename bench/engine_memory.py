@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--child", choices=MEASUREMENTS, dest="measure", default=None)
     parser.add_argument("--n", type=int, default=0)
+    parser.add_argument(
+        "--only", nargs="*", choices=MEASUREMENTS, default=None,
+        help="these measurements only (the capped pair mode recomputes chunks: slow at large N)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.measure:
         child(args)
@@ -118,17 +122,18 @@ def main() -> None:
         f"{PAIR_CAP / 2**20:.0f} MiB; peak {'CUDA allocated' if cuda else 'RSS'} MiB per "
         f"child process\n"
     )
-    print("| N | " + " | ".join(MEASUREMENTS) + " | class over floor | capped pair over floor |")
-    print("|---" * (len(MEASUREMENTS) + 3) + "|")
+    chosen = [m for m in MEASUREMENTS if not args.only or m in args.only or m == "floor"]
+    print("| N | " + " | ".join(f"{m} (over floor)" for m in chosen) + " |")
+    print("|---" * (len(chosen) + 1) + "|")
     for n in ns:
         peaks = {}
-        for what in MEASUREMENTS:
+        for what in chosen:
             rss, gpu_peak = measure(args, what, n)
             peaks[what] = gpu_peak if cuda else rss
-        cells = " | ".join(f"{peaks[w]:.0f}" for w in MEASUREMENTS)
-        over_class = peaks["hooks class"] - peaks["floor"]
-        over_pair = peaks["hooks pair capped"] - peaks["floor"]
-        print(f"| {n} | {cells} | {over_class:.0f} | {over_pair:.0f} |", flush=True)
+        cells = [f"{peaks['floor']:.0f}"] + [
+            f"{peaks[w]:.0f} ({peaks[w] - peaks['floor']:+.0f})" for w in chosen[1:]
+        ]
+        print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import torch
 
 from monitor.errors import EngineError
 from monitor.stiffness import EngineOptions, compute_stiffness
-from monitor.stiffness.engine import _matmul_precision
+from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.layers.rows import ParamBlock
+from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.result import StiffnessResult
 from tests.test_engine import case
 
@@ -76,7 +77,9 @@ def test_out_of_memory_at_one_example_is_a_clear_engine_error(
     model, probe, _ = case("mlp")
     full = FullDevice("class_sums", fits=0)
     monkeypatch.setattr(ParamBlock, "class_sums", lambda block, *args: full(block, *args))
-    with pytest.raises(EngineError, match="batch size 1 \\(configured batch_size 8"):
+    with pytest.raises(
+        EngineError, match="class mode even with batch size 1 \\(configured batch_size 8"
+    ):
         compute_stiffness(copy.deepcopy(model), probe, EngineOptions(batch_size=8))
 
 
@@ -99,19 +102,39 @@ def tf32_state() -> tuple[str, str, str]:
     )
 
 
+def every_setting() -> dict[str, Any]:
+    """Every TF32-related setting, each read on its own (a read that raises is recorded)."""
+    reads = {
+        "global": torch.get_float32_matmul_precision,
+        "cuda matmul legacy": lambda: torch.backends.cuda.matmul.allow_tf32,
+        "cudnn legacy": lambda: torch.backends.cudnn.allow_tf32,
+        "cuda matmul": lambda: torch.backends.cuda.matmul.fp32_precision,
+        "mkldnn matmul": lambda: torch.backends.mkldnn.matmul.fp32_precision,
+        "cudnn conv": lambda: torch.backends.cudnn.conv.fp32_precision,
+        "cudnn rnn": lambda: torch.backends.cudnn.rnn.fp32_precision,
+    }
+    found: dict[str, Any] = {}
+    for name, read in reads.items():
+        try:
+            found[name] = read()
+        except RuntimeError:
+            found[name] = "raises"
+    return found
+
+
 @pytest.mark.parametrize("user", ["highest", "high", "medium"])
 def test_tf32_only_for_tf32_and_the_callers_settings_restored(user: str) -> None:
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(user)
     try:
         outside = tf32_state()
-        with _matmul_precision("fp32"):
+        with tf32_only_for("fp32"):
             # cuDNN allows TF32 convolutions by default: fp32 must switch it off.
             assert tf32_state() == ("ieee", "ieee", "highest")
         assert tf32_state() == outside
-        with _matmul_precision("tf32"):
+        with tf32_only_for("tf32"):
             assert tf32_state() == ("tf32", "tf32", "high")
-        with _matmul_precision("bf16"):
+        with tf32_only_for("bf16"):
             assert tf32_state() == ("ieee", "ieee", "highest")
         assert tf32_state() == outside  # and reading it back does not raise
     finally:
@@ -132,3 +155,59 @@ def test_class_sums_that_do_not_fit_name_their_size(monkeypatch: pytest.MonkeyPa
     message = "class sums: 8 sums of 114 parameters in torch.float64 need 0.00 GiB on cpu"
     with pytest.raises(EngineError, match=message):
         compute_stiffness(copy.deepcopy(model), probe, EngineOptions(batch_size=8))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_a_caller_whose_settings_disagree_gets_them_back(precision: str) -> None:
+    """Per-backend fields that disagree with the global setting (torch then raises on
+    reading the global one): the engine leaves every setting as it found it."""
+    before = every_setting()
+    torch.set_float32_matmul_precision("high")
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    try:
+        mixed = every_setting()
+        assert mixed["global"] == "raises"
+        with tf32_only_for(precision):
+            assert torch.backends.cudnn.rnn.fp32_precision == (
+                "tf32" if precision == "tf32" else "ieee"
+            )
+            assert torch.backends.cuda.matmul.fp32_precision == (
+                "tf32" if precision == "tf32" else "ieee"
+            )
+        assert every_setting() == mixed
+    finally:
+        torch.set_float32_matmul_precision(before["global"])
+        torch.backends.cuda.matmul.fp32_precision = before["cuda matmul"]
+        torch.backends.mkldnn.matmul.fp32_precision = before["mkldnn matmul"]
+        torch.backends.cudnn.rnn.fp32_precision = before["cudnn rnn"]
+    assert every_setting() == before
+
+
+def test_out_of_memory_in_the_setup_check_is_an_engine_error_not_a_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OOM while the rules are compared with autograd says nothing about the rules: it
+    must not move every layer to the slow fallback, it must be reported."""
+    model, probe, _ = case("cnn-batchnorm")
+    real = HookGradients._uses
+
+    def full(self: HookGradients, calls: Any) -> Any:
+        if calls and calls[0].inputs[0].shape[0] <= 2:  # the check's two examples
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate (test)")
+        return real(self, calls)
+
+    monkeypatch.setattr(HookGradients, "_uses", full)
+    with pytest.raises(EngineError, match="out of memory preparing the evaluation") as caught:
+        compute_stiffness(copy.deepcopy(model), probe, EngineOptions(backend="hooks"))
+    assert isinstance(caught.value.__cause__, torch.cuda.OutOfMemoryError)
+
+
+def test_a_retried_evaluation_times_each_part_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, probe, _ = case("cnn-batchnorm")
+    full = FullDevice("class_sums", fits=4)
+    monkeypatch.setattr(ParamBlock, "class_sums", lambda block, *args: full(block, *args))
+    result = compute_stiffness(copy.deepcopy(model), probe, EngineOptions(batch_size=16))
+    assert full.raised >= 2
+    timings = result.timings
+    assert timings["gradients"] + timings["stiffness"] == pytest.approx(timings["total"])

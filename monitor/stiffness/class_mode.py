@@ -74,8 +74,9 @@ def classmate_dots(
 
 def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
     """A (rows, P) zero matrix on the gradients' device, in their dtype (float64 for
-    factored rows). Out of memory here is not the chunk's fault, so it is not retried with
-    a smaller one: the error says what the sums need."""
+    factored rows). Out of memory here with a chunk of one example alive is the sums' own
+    size: the error says what they need (with a larger chunk, a smaller one may fit: the
+    engine retries)."""
     factored = isinstance(grads, FactoredRows)
     # float64 sums: |S_a|² - n_a cancels most digits; the per-class products stay in the
     # rows' dtype (fast GEMMs) and only their accumulation is float64.
@@ -83,6 +84,8 @@ def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
     try:
         return torch.zeros(rows, grads.shape[1], dtype=dtype, device=grads.device)
     except torch.cuda.OutOfMemoryError as error:
+        if grads.shape[0] > 1:
+            raise
         need = rows * grads.shape[1] * torch.finfo(dtype).bits / 8 / 2**30
         raise EngineError(
             f"out of memory allocating class mode's class sums: {rows} sums of "

@@ -13,7 +13,6 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +24,6 @@ from monitor.stiffness.gradients import (
     ChunkStream,
     ExampleStats,
     memory_note,
-    out_of_memory,
     release_cached_memory,
 )
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
@@ -33,6 +31,7 @@ from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.outputs import LOSSES
 from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.result import Counts, StiffnessResult
 
 
@@ -47,60 +46,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, flag in flags:
             module.training = flag
-
-
-def _precision_fields() -> list[Any]:
-    """torch's per-backend ``fp32_precision`` settings that the global matmul precision
-    writes (CUDA and oneDNN matmuls) and cuDNN's convolutions, where this torch has them."""
-    backends = torch.backends
-    found = []
-    for space in (
-        backends.cuda.matmul,
-        getattr(backends.mkldnn, "matmul", None),
-        getattr(backends.cudnn, "conv", None),
-    ):
-        if space is not None and hasattr(space, "fp32_precision"):
-            found.append(space)
-    return found
-
-
-@contextlib.contextmanager
-def _matmul_precision(precision: str) -> Iterator[None]:
-    """TF32 matmuls and convolutions for ``tf32`` and for nothing else, inside the call; the
-    caller's settings back afterwards.
-
-    Explicitly off otherwise: cuDNN allows TF32 convolutions by default, which moved fp32
-    cosines by ~2e-3 (a simulation of TF32 rounding on the engine tests' CNN), 200 times
-    the fp32 contract; and a trainer in the same process that asked for
-    ``set_float32_matmul_precision("high")`` or ``"medium"`` (bf16 oneDNN matmuls on the
-    CPU) would do the same to matmuls. Matmuls go through the global setting, which keeps
-    torch's per-backend fields consistent (mixing them with the global one makes torch
-    raise when it is read); cuDNN convolutions have their own field (the legacy
-    ``allow_tf32`` flag before torch had it)."""
-    tf32 = precision == "tf32"
-    try:
-        caller = torch.get_float32_matmul_precision()
-    except RuntimeError:  # the caller mixed torch's two APIs: restore field by field only
-        caller = None
-    fields = _precision_fields()
-    saved = [space.fp32_precision for space in fields]
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    legacy_conv = not hasattr(conv, "fp32_precision")
-    saved_conv = torch.backends.cudnn.allow_tf32 if legacy_conv else None
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    if legacy_conv:
-        torch.backends.cudnn.allow_tf32 = tf32
-    else:
-        conv.fp32_precision = "tf32" if tf32 else "ieee"  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        if caller is not None:
-            torch.set_float32_matmul_precision(caller)
-        for space, value in zip(fields, saved, strict=True):
-            space.fp32_precision = value
-        if saved_conv is not None:
-            torch.backends.cudnn.allow_tf32 = saved_conv
 
 
 def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
@@ -140,11 +85,17 @@ def _run_mode(
 
 
 def _widen_half_precision(model: nn.Module) -> None:
-    """float16/bfloat16 weights to float32, in place (exact). The engine computes in float32
-    or float64; a bf16 forward is ``precision: bf16`` (autocast), not bf16 weights."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors):
-        model.float()
+    """float16/bfloat16 parameters and buffers to float32, in place (exact; other dtypes
+    untouched). The engine computes in float32 or float64; a bf16 forward is
+    ``precision: bf16`` (autocast), not bf16 weights."""
+    half = (torch.float16, torch.bfloat16)
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if parameter.dtype in half:
+                parameter.data = parameter.data.float()
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.dtype in half:
+                module._buffers[name] = buffer.float()
 
 
 def chunk_size(provider: object, options: EngineOptions) -> int:
@@ -179,7 +130,8 @@ def compute_stiffness(
 ) -> StiffnessResult:
     """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
 
-    The model is moved to ``device`` in place (``model.to``; it stays there) and evaluated
+    The model is moved to ``device`` in place (``model.to``; it stays there; float16 and
+    bfloat16 weights are widened to float32 in place) and evaluated
     in eval mode; every module's training flag is restored afterwards. Floating-point
     inputs are cast to the parameters' dtype: float64 models are computed in float64,
     everything else in float32 (``bf16`` runs the forward under autocast, gradients in
@@ -192,28 +144,36 @@ def compute_stiffness(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if probe.size == 0:
         raise EngineError("the probe set is empty")
-    started = time.perf_counter()
     device = torch.device(device)
+    try:
+        return _measure(model, probe, options, device)
+    except torch.cuda.OutOfMemoryError as error:  # moving the model or probe, the setup check
+        raise EngineError(
+            f"out of memory preparing the evaluation ({memory_note(device)}): the model, the "
+            "probe and two examples' gradients must fit; select fewer parameters or use a "
+            "larger device"
+        ) from error
+
+
+def _measure(
+    model: nn.Module, probe: ProbeSet, options: EngineOptions, device: torch.device
+) -> StiffnessResult:
+    """``compute_stiffness`` once its arguments are checked."""
+    started = time.perf_counter()
     original = probe
     if options.mode == "class":  # class-ordered: a chunk touches one or two class sums
         probe, order = class_ordered(probe)
     layout = ProbeLayout.from_probe(probe)
-    with _eval_mode(model), _matmul_precision(options.precision):
+    with _eval_mode(model), tf32_only_for(options.precision):
         model.to(device)
         _widen_half_precision(model)
         selection = select_parameters(model, options.include, options.exclude)
         inputs = probe.inputs
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
-        try:
-            provider = gradient_provider(
-                model, selection, inputs, probe.targets, device, options.precision, options.backend
-            )
-        except torch.cuda.OutOfMemoryError as error:
-            raise EngineError(
-                f"out of memory setting up the engine on two examples ({memory_note(device)}); "
-                "select fewer parameters or use a larger device"
-            ) from error
+        provider = gradient_provider(
+            model, selection, inputs, probe.targets, device, options.precision, options.backend
+        )
         batch = chunk_size(provider, options)
         spent = 0.0  # gradient seconds of attempts given up on out-of-memory
         while True:
@@ -224,7 +184,12 @@ def compute_stiffness(
             except torch.cuda.OutOfMemoryError as error:
                 spent += stream.seconds
                 if stream.batch_size <= 1:
-                    raise out_of_memory(stream.initial_batch_size, device) from error
+                    raise EngineError(
+                        f"out of memory in {options.mode} mode even with batch size 1 "
+                        f"(configured batch_size {options.batch_size}; {memory_note(device)}); "
+                        "select fewer parameters, lower stiffness.memory_limit (pair mode "
+                        "caches half of it), or use a larger device"
+                    ) from error
                 batch = stream.batch_size // 2
             else:
                 break
@@ -259,6 +224,6 @@ def compute_stiffness(
         timings={
             "total": total,
             "gradients": spent + stream.seconds,
-            "stiffness": max(0.0, total - stream.seconds),
+            "stiffness": max(0.0, total - spent - stream.seconds),
         },
     )

@@ -43,7 +43,10 @@ class Groups:
         self.bounds = [0, *itertools.accumulate(self.sizes)]  # group g: bounds[g]:bounds[g+1]
         order = torch.sort(labels, stable=True).indices  # (k,) grouped, stable within groups
         sorted_labels = labels[order]
-        position = torch.arange(labels.numel()) - torch.tensor(self.bounds[:-1])[sorted_labels]
+        position = (
+            torch.arange(labels.numel())
+            - torch.tensor(self.bounds[:-1], dtype=torch.long)[sorted_labels]
+        )
         packed = torch.stack(
             [
                 host_rows,
