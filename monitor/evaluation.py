@@ -21,6 +21,7 @@ from monitor.errors import CheckpointError, EngineError
 from monitor.factory import add_import_path, build_model
 from monitor.probe import load_probe
 from monitor.stiffness import compute_stiffness
+from monitor.stiffness.engine import class_ordered
 from monitor.stiffness.inputs import ProbeSet
 from monitor.stiffness.result import StiffnessResult
 
@@ -98,6 +99,12 @@ class Evaluator:
             self._model = build_model(config.model.factory, config.model.kwargs)
             self._model.to(self.device)
         probe = load_probe(config.probe)
+        # Class mode sorts the probe by split and class; sorted once here, on the host, the
+        # engine finds it sorted and makes no copy of it on the device at each evaluation.
+        # ``_order`` maps the per-example results back (position i was example order[i]).
+        self._order: torch.Tensor | None = None
+        if self.options.mode == "class":
+            probe, self._order = class_ordered(probe)
         self.probe = ProbeSet(
             inputs=probe.inputs.to(self.device),
             targets=probe.targets.to(self.device),
@@ -125,6 +132,11 @@ class Evaluator:
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
         result = compute_stiffness(model, self.probe, self.options, self.device)
+        if self._order is not None:  # per-example values in the probe source's order again
+            norms: list[float | None] = [None] * len(result.gradient_norms)
+            for position, example in enumerate(self._order.tolist()):
+                norms[example] = result.gradient_norms[position]
+            result = replace(result, gradient_norms=tuple(norms))
         timings = {
             **result.timings,
             "load": loaded_at - started,

@@ -26,9 +26,11 @@ from monitor.config import parse_config
 from monitor.demo_trainer import build_mlp
 from monitor.errors import EngineError
 from monitor.evaluation import Evaluator
+from monitor.probe import load_probe
 from monitor.stiffness import ClassStiffness, EngineOptions, ProbeSet, compute_stiffness
 from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.distance import critical_length
+from monitor.stiffness.engine import class_ordered
 from monitor.stiffness.func_backend import FuncGradients
 from monitor.stiffness.gradients import ChunkStream, GradientChunk, dot64
 from monitor.stiffness.loop_backend import LoopGradients
@@ -664,12 +666,20 @@ def test_evaluator_checks_the_model_once_across_checkpoints(tmp_path: Path) -> N
     checks, hits = SETUP_CACHE.checks, SETUP_CACHE.hits
     results = [evaluator.evaluate(tmp_path / f"step-{step}.pt").result for step in (1, 2, 3)]
     assert (SETUP_CACHE.checks, SETUP_CACHE.hits) == (checks + 1, hits + 2)
+    # The Evaluator holds its probe class-sorted (no copy per evaluation); per-example
+    # results come back in the probe source's order.
+    source = load_probe(config.probe)
+    ordered, order = class_ordered(source)
+    assert evaluator.probe.targets.tolist() == ordered.targets.tolist()
+    assert not torch.equal(order, torch.arange(source.size))  # it was not sorted before
     for state, result in zip(weights, results, strict=True):
         fresh = build_mlp(16)
         fresh.load_state_dict(state)
-        want = compute_stiffness(fresh, evaluator.probe, evaluator.options)
+        want = compute_stiffness(fresh, source, evaluator.options)
         got = [v for row in result.cosine.matrix for v in row]
         assert got == pytest.approx([v for row in want.cosine.matrix for v in row], abs=1e-6)
+        assert result.gradient_norms == pytest.approx(want.gradient_norms, rel=1e-5)
+        assert len(set(result.gradient_norms)) > 1  # distinct values: an order mix-up shows
 
 
 def fitted_mlp() -> tuple[nn.Module, ProbeSet]:

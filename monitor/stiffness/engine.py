@@ -58,6 +58,8 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
     split = probe.is_train.cpu().long() if probe.has_splits and probe.is_train is not None else 0
     key = probe.targets.cpu() + (split * (int(probe.targets.max()) + 1) if probe.size else 0)
     order = torch.sort(key, stable=True).indices
+    if torch.equal(order, torch.arange(probe.size)):
+        return probe, order  # already sorted (the Evaluator keeps it so): no copy
     is_train = probe.is_train[order] if probe.is_train is not None else None
     sorted_probe = ProbeSet(
         probe.inputs[order], probe.targets[order], is_train, probe.classes,
