@@ -16,14 +16,17 @@ BASELINE = "probe_loss_patience"
 #: The rebuild as measured for the committed cache (a record, not computed: the machine is
 #: shared, so a rebuild's time says as much about the neighbours as about the benchmark).
 REBUILD_NOTE = (
-    "Rebuild timing, measured 2026-11-24 on the 2-core container with nothing else running "
-    "(load average 0.6 before, about 2 during): `python -m bench.signal_quality --rebuild` "
-    "(2 workers, all 90 runs) took 11.4 min of wall time end to end. Its table and "
-    "`bench/signal_quality.csv` were identical to those from histories built earlier in the "
-    "day under heavy load (21.2 min then), while the engine still summed classes in float32; "
-    "the histories differ only in timings and in stiffness values at the 1e-5 level (that "
-    "float32 error), and the committed cache is this rebuild's. A table from the cache takes "
-    "seconds."
+    "Rebuild timing, measured 2026-11-24 on the 2-core container with nothing else running: "
+    "`python -m bench.signal_quality --rebuild` (2 workers, all 90 runs) took 11.4 min of "
+    "wall time end to end (load average 0.6 before, about 2 during), and 10.0 min for the "
+    "committed cache, rebuilt later that day after the engine gained its own cross-entropy "
+    "(`monitor/stiffness/loss.py`). That rebuild changed stiffness values where the model "
+    "fits the probe: torch's fp32 cross-entropy backward had rounded those gradients and "
+    "pulled late-training stiffness down (by 0.1 on the reproduction's MLP, "
+    "docs/precision.md). Rules reading the probe loss or accuracy stop where they did; some "
+    "stiffness rules stop elsewhere on a few runs (their rows moved by up to 6.2 points of "
+    "saving); the choice and every conclusion below are unchanged. A table from the cache "
+    "takes seconds."
 )
 DEFAULT = "default"
 #: A run that ends this far below its best (accuracy, 0..1) has collapsed, not overfitted.
