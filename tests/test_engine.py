@@ -32,7 +32,7 @@ from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.distance import critical_length
 from monitor.stiffness.engine import class_ordered
 from monitor.stiffness.func_backend import FuncGradients
-from monitor.stiffness.gradients import ChunkStream, GradientChunk, dot64
+from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, dot64
 from monitor.stiffness.loop_backend import LoopGradients
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.result import StiffnessResult
@@ -733,3 +733,42 @@ def test_fp32_gradients_of_fitted_examples_match_float64(backend: str) -> None:
     z64 = model.double()(probe.inputs.double()).detach().requires_grad_(True)
     (exact_z,) = torch.autograd.grad(F.cross_entropy(z64, probe.targets, reduction="sum"), z64)
     assert float((pair_cosines(plain) - pair_cosines(exact_z)).abs().max()) > 1e-2
+
+
+class RowsProvider:
+    """Hands class mode fixed float32 rows, as the vmap and loop backends do."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __call__(self, start: int, stop: int) -> GradientChunk:
+        n = stop - start
+        return GradientChunk(start, stop, self.rows[start:stop].clone(), torch.zeros(n),
+                             torch.ones(n, dtype=torch.bool))  # fmt: skip
+
+
+def test_dense_rows_over_a_million_columns_keep_float64_accuracy() -> None:
+    """Rows from the dense backends (float32, (b, P)): float64 class sums, and norms and
+    products over blocks of columns summed in float64 (``products``). One float32 norm over
+    these million columns was 1.2e-5 off, which put the class matrix 2.5e-5 off."""
+    from monitor.stiffness.class_mode import class_mode
+    from monitor.stiffness.layout import ProbeLayout
+
+    torch.manual_seed(0)
+    n, width = 12, 2**20
+    shared = torch.randn(width, dtype=torch.float64)
+    rows64 = shared + 0.3 * torch.randn(n, width, dtype=torch.float64)  # stiffness ≈ 0.9
+    rows = rows64.float()
+    probe = ProbeSet(torch.zeros(n, 1), torch.arange(n) % 2)
+    layout = ProbeLayout.from_probe(probe)
+    stats = ExampleStats(n, 0.0)
+    got = class_mode(ChunkStream(RowsProvider(rows), 4), layout, stats).cosine
+    unit = rows.double() / rows.double().norm(dim=1, keepdim=True)  # the same float32 rows
+    cos = unit @ unit.T
+    for a in range(2):
+        members = [i for i in range(n) if i % 2 == a]
+        want = sum(float(cos[i, j]) for i in members for j in members if i != j)
+        want /= len(members) * (len(members) - 1)
+        assert got.matrix[a][a] == pytest.approx(want, abs=1e-7)

@@ -20,7 +20,13 @@ from __future__ import annotations
 import torch
 
 from monitor.errors import EngineError
-from monitor.stiffness.gradients import ChunkStream, ExampleStats, Rows, dot64, squared_norms64
+from monitor.stiffness.gradients import (
+    ChunkStream,
+    ExampleStats,
+    Rows,
+    dot64,
+    squared_norms64,
+)
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
@@ -73,14 +79,14 @@ def classmate_dots(
 
 
 def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
-    """A (rows, P) zero matrix on the gradients' device, in their dtype (float64 for
-    factored rows). Out of memory here with a chunk of one example alive is the sums' own
-    size: the error says what they need (with a larger chunk, a smaller one may fit: the
-    engine retries)."""
-    factored = isinstance(grads, FactoredRows)
-    # float64 sums: |S_a|² - n_a cancels most digits; the per-class products stay in the
-    # rows' dtype (fast GEMMs) and only their accumulation is float64.
-    dtype = torch.float64 if factored else grads.dtype
+    """A (rows, P) float64 zero matrix on the gradients' device. Out of memory here with a
+    chunk of one example alive is the sums' own size: the error says what they need (with a
+    larger chunk, a smaller one may fit: the engine retries).
+
+    float64 whatever the rows' dtype: |S_a|² − n_a cancels most digits, and the products
+    of float32 sums over P columns were 8.8e-5 off float64 on ResNet-18 (docs/precision.md).
+    The per-chunk work stays in the rows' dtype; only the accumulation is float64."""
+    dtype = torch.float64
     try:
         return torch.zeros(rows, grads.shape[1], dtype=dtype, device=grads.device)
     except torch.cuda.OutOfMemoryError as error:
@@ -129,7 +135,12 @@ def class_mode(
                 units = chunk.grads.index_select(0, keep.to(chunk.grads.device))  # (k, P)
             units.mul_(scale.unsqueeze(1))  # u_i = g_i / |g_i|
             where = slot[chunk.start : chunk.stop][keep]  # (k,)
-            sums.index_add_(0, where.to(units.device), units)  # S[slot_i] += u_i
+            # Per slot in the rows' dtype (a class-ordered chunk has one or two), then those
+            # few rows into the float64 sums: S[slot_i] += u_i.
+            present, local = torch.unique(where, return_inverse=True)
+            part = units.new_zeros(present.numel(), units.shape[1])
+            part.index_add_(0, local.to(units.device), units)  # (count, P)
+            sums.index_add_(0, present.to(units.device), part.to(sums.dtype))
             self_terms.index_add_(0, where, squared_norms64(units))
             counts.index_add_(0, where, torch.ones_like(where))
             del units

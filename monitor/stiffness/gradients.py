@@ -24,6 +24,7 @@ import torch
 
 from monitor.errors import EngineError
 from monitor.stiffness.layers.rows import FactoredRows
+from monitor.stiffness.products import gram64, squared_norms
 
 #: A chunk's per-example gradients: a (b, P) matrix, or the hook backend's factored rows.
 Rows = torch.Tensor | FactoredRows
@@ -145,35 +146,35 @@ def column_blocks(
 def dot64(a: Rows, b: Rows) -> torch.Tensor:
     """All dot products a_i·b_j: (m, P) x (n, P) -> (m, n) float64 on the host.
 
-    Each column block is one matrix product in the inputs' own dtype (fast GEMM); the blocks
-    are summed in float64, so rounding grows with the block length, not with P. Stiffness
-    subtracts nearly equal sums (|S_a|² - n_a), which this keeps well inside 1e-5. Casting
-    whole blocks to float64 first was 5-10× slower on the CPU.
+    float32 rows: products of at most ``products.BLOCK`` columns summed in float64
+    (``products.gram64``), so rounding does not grow with P. float64 rows (class mode's
+    sums) and a mix of the two (float32 rows against float64 sums): float64 products in
+    column blocks of at most 2^16 (one (10, 700k) product took 30 ms on the CPU, in blocks
+    11 ms). Stiffness subtracts nearly equal sums (|S_a|² - n_a), which this keeps well
+    inside 1e-5.
     """
     if isinstance(a, FactoredRows) and isinstance(b, FactoredRows):
         return a.dot64(b)
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), "rows of one kind"
+    if a.dtype == b.dtype != torch.float64:
+        return gram64(a, b).cpu()
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
-    # float64 (class mode's sums): at most 2^16 columns a block; one (10, 700k) product took
-    # 30 ms on the CPU, in blocks 11 ms. fp32 rows keep the larger blocks (faster at 64 rows).
-    most = 2**16 if a.dtype == torch.float64 and b.dtype == torch.float64 else None
-    for cols in column_blocks(max(a.shape[0], b.shape[0]), a.shape[1], most=most):
-        out += (a[:, cols] @ b[:, cols].T).double()  # (m, p) @ (p, n) -> (m, n)
+    for cols in column_blocks(max(a.shape[0], b.shape[0]), a.shape[1], most=2**16):
+        out += a[:, cols].double() @ b[:, cols].double().T  # (m, p) @ (p, n) -> (m, n)
     return out.cpu()
 
 
 def squared_norms64(g: Rows) -> torch.Tensor:
     """Row-wise |g_i|², (b, P) -> (b,) float64 on the host.
 
-    Computed in the gradients' own dtype: torch's reductions sum in blocks, so a float32 norm
-    is within about 1e-7 relative, far inside the 1e-5 the cosines need, while a float64
-    reduction over float32 rows is 20× slower on the CPU (measured: 93 ms against 5 ms for
-    a 128 × 269k chunk), which made it the most expensive step of class mode.
+    float32 norms of at most ``products.BLOCK`` columns, squared and summed in float64: one
+    float32 ``vector_norm`` over 269k columns was 5.6e-6 off (the cosines need 1e-5), a
+    float64 reduction over float32 rows 20× slower on the CPU (93 ms against 5 ms for a
+    128 × 269k chunk); the blocked norm is 5e-8 off and faster than either.
     """
     if isinstance(g, FactoredRows):
         return g.squared_norms64()
-    norms: torch.Tensor = torch.linalg.vector_norm(g, dim=1)
-    return norms.double().square().cpu()
+    return squared_norms(g).cpu()
 
 
 class ExampleStats:

@@ -23,6 +23,7 @@ import torch
 
 from monitor.stiffness.layers.grouping import Groups
 from monitor.stiffness.layers.uses import Factors, Use, ghost_cross, ghost_self, zeroed
+from monitor.stiffness.products import gram64, squared_norms
 
 
 class ParamBlock:
@@ -88,9 +89,7 @@ class ParamBlock:
                 for y in self.factors:
                     total += ghost_self(x, y).double()
             return total
-        dense = self.materialised()
-        norms: torch.Tensor = torch.linalg.vector_norm(dense, dim=1)
-        return norms.double().square()
+        return squared_norms(self.materialised())
 
     def dot(self, other: ParamBlock) -> torch.Tensor:
         """⟨g_i, g_j⟩ for this parameter, i in this chunk, j in ``other``: (b1, b2) float64."""
@@ -103,7 +102,7 @@ class ParamBlock:
                     if k or m:
                         total += ghost_cross(x, y).double()
             return total
-        return (self.materialised() @ other.materialised().T).double()
+        return gram64(self.materialised(), other.materialised())
 
     def weighted_sum(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_i w_i g_i over ``rows`` for this parameter: (numel,)."""
