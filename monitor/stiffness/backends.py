@@ -26,7 +26,8 @@ Every provider is exact, so the choice changes speed, never results. The rule:
    writes to its own parameters or buffers (the last two are refused by the loop because
    it would otherwise measure them silently; vmap refuses them too).
 
-Out-of-memory errors never switch providers: ``ChunkStream`` retries with a smaller chunk.
+Out-of-memory errors never switch providers: the engine retries with a smaller chunk (out of
+memory while setting up is an ``EngineError``).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The engine is pure (DESIGN §1, STYLE): tensors in, a result out; no files, no printing, no
 logging setup. It wires the pieces: parameter selection, a per-example gradient provider
-(``torch.func`` vmap, or one backward per example for TorchScript and vmap-hostile models,
-chosen in ``monitor.stiffness.backends``; a hook-based backend later), and class mode or pair
-mode, which only ever see ``GradientChunk``s.
+(layer hooks first, ``torch.func`` vmap for what no layer rule covers, or one backward per
+example for TorchScript and vmap-hostile models, chosen in ``monitor.stiffness.backends``),
+and class mode or pair mode, which only ever see ``GradientChunk``s. An out-of-memory error in
+a mode restarts that mode's pass with half the chunk (``_measure``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def chunk_size(provider: object, options: EngineOptions) -> int:
     backend measures captured activations, output gradients and the largest per-example
     weight gradient at setup) gets at most a quarter of the limit per chunk in class mode
     and pair mode alike (pair mode keeps half for its panel). Out-of-memory on CUDA still
-    halves the chunk and retries (``ChunkStream``).
+    halves the chunk: in the provider, ``ChunkStream`` retries that chunk; anywhere else in
+    a mode, ``_measure`` restarts the pass.
     """
     per_example = int(getattr(provider, "example_bytes", 0) or 0)
     if options.memory_limit is None or per_example <= 0:
@@ -186,11 +188,15 @@ def _measure(
             except torch.cuda.OutOfMemoryError as error:
                 spent += stream.seconds
                 if stream.batch_size <= 1:
+                    cache = (
+                        ", lower stiffness.memory_limit (pair mode caches half of it)"
+                        if options.mode == "pair"
+                        else ""
+                    )
                     raise EngineError(
                         f"out of memory in {options.mode} mode even with batch size 1 "
                         f"(configured batch_size {options.batch_size}; {memory_note(device)}); "
-                        "select fewer parameters, lower stiffness.memory_limit (pair mode "
-                        "caches half of it), or use a larger device"
+                        f"select fewer parameters{cache} or use a larger device"
                     ) from error
                 batch = stream.batch_size // 2
             else:

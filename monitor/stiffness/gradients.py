@@ -2,11 +2,13 @@
 
 A *gradient provider* turns a contiguous range of probe examples into a ``GradientChunk``:
 their per-example gradients flattened to rows, (b, P), plus their losses and whether the
-model got them right. Class mode and pair mode only ever see chunks, so a faster backend
-(layer hooks and ghost norms, DESIGN §3) replaces ``FuncGradients`` without touching them.
+model got them right. Class mode and pair mode only ever see chunks, so the hook backend's
+``FactoredRows`` (layer rules and ghost norms, DESIGN §3) and the (b, P) matrices of
+``FuncGradients`` and the loop serve them alike.
 
 ``ChunkStream`` runs a provider over a range in chunks of ``batch_size``, halves the chunk
-after a CUDA out-of-memory error, and times the gradient work. ``ExampleStats`` collects
+after a CUDA out-of-memory error in the provider (the engine restarts a mode that runs out
+later), and times the provider's work. ``ExampleStats`` collects
 what every mode reports per example (norms, losses, correctness) and applies the zero-norm
 rule in one place.
 """

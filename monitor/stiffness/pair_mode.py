@@ -9,7 +9,7 @@ chunks as the memory budget allows is cached; each panel is multiplied with itse
 the chunks after it, which are recomputed on the fly. With a budget that holds the whole
 probe there is one panel and nothing is recomputed; with a budget of one chunk it is the
 classic blocked algorithm, about N²/(2·batch) chunk computations. Half of
-``memory_limit`` is the panel budget; the other half is for the chunk being computed
+``memory_limit`` is the panel budget; the hook backend's chunks get at most a quarter
 (``engine.chunk_size``).
 """
 

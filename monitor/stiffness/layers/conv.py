@@ -7,7 +7,9 @@ cols = input channels/groups × kernel), with T the output positions. Three ways
   the channels (input (1, b·Cin, ...), output gradient (1, b·Cout, ...), groups b·g) and
   ask ``convolution_backward`` for the weight gradient: (b·Cout, Cin/g, k...) is every
   example's gradient, in one cuDNN/oneDNN call. No ``F.unfold`` (which loops over the
-  batch on CUDA) and no (b, T, Cin·k) patch matrix.
+  batch on CUDA) and no (b, T, Cin·k) patch matrix. On the CPU, layers with few output
+  positions or narrow inputs take strided-view patches and one ``bmm`` instead, for class
+  sums too (``bmm_materialise``: oneDNN's grouped weight gradient was slower there).
 - **class sums** Σ_i w_i G_i: the ordinary weight gradient of the selected examples with
   their output gradients scaled by w_i, again one ``convolution_backward``.
 - **ghost** (groups = 1 only, chosen when T²(Cout + Cin·k) < T·Cout·Cin·k, i.e. the small

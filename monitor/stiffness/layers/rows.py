@@ -9,7 +9,9 @@ the cheaper way (DESIGN §3):
   weight, cross-use terms included) costs Σ_uv T_u T_v (rows+cols) per pair in the ghost
   form, and rows·cols per pair once materialised (plus T·rows·cols per example to form);
 - norms take the ghost form when Σ_uv T_u T_v (rows+cols) < Σ_u T_u rows cols;
-- class sums never materialise: Σ_i w_i G_i is one product per class and use.
+- class sums never materialise: Σ_i w_i G_i for every class of a chunk is one batched
+  product per use (``grouping``), or one product per class and use where padding the
+  classes to one size would cost more.
 
 Products are formed in the rows' dtype and summed over parameters in float64, as
 ``gradients.dot64`` does over column blocks.

@@ -1,13 +1,15 @@
 """One use of one parameter in one chunk: its per-example gradients, in factored form.
 
 A layer rule turns what the hooks captured for a call (input A, output gradient B of the
-summed loss) into a ``Use`` per parameter. Every form answers the same three questions
+summed loss) into a ``Use`` per parameter. Every form answers the same four questions
 without the engine knowing the layer (DESIGN §3):
 
 - ``materialise()``: the per-example gradients, (b, numel): what pair mode caches when a
   layer's d·p is smaller than its ghost cost, and what norms use when T is large;
 - ``weighted_sum(rows, weights)``: Σ_i w_i G_i over some examples, (numel,): one class sum
   of normalised gradients, a weight-gradient-sized product, never (b, numel);
+- ``class_sums(groups)``: every class sum of a chunk at once, (count, numel), what class
+  mode uses: one batched product where the form has one, else ``weighted_sum`` per class;
 - ``factors()``: (L, R) with G_i = L_iᵀ R_i, or None: the "ghost" form, in which
   ⟨G_i, G_j⟩ = Σ_{t,s} (L_it·L_js)(R_it·R_js) costs T²(rows+cols) per pair.
 
