@@ -16,7 +16,7 @@
 #
 # then run each step on the device with `.whl` carried:
 #
-#   bash bench/gpu_session.sh tests       # tests/test_gpu.py (CUDA paths, fp32/tf32/bf16)
+#   bash bench/gpu_session.sh tests       # tests/stiffness/test_gpu.py (CUDA paths, fp32/tf32/bf16)
 #   bash bench/gpu_session.sh engine      # bench/engine.py full sizes, fp32 (the targets)
 #   bash bench/gpu_session.sh precisions  # bench/engine.py --precision tf32 and bf16
 #   bash bench/gpu_session.sh accuracy    # bench/engine_precision.py (docs/precision.md TODOs)
@@ -34,7 +34,7 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 case "$step" in
-    tests) python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.txt" ;;
+    tests) python3 -m pytest tests/stiffness/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.txt" ;;
     engine) python3 bench/engine.py --device cuda --repeats 5 2>&1 | tee "$out/engine-fp32.txt" ;;
     precisions)
         for precision in tf32 bf16; do

@@ -3,7 +3,7 @@
     python bench/reproduction.py [--out docs/figures] [--seeds 3] [--quick]
 
 CPU only, under a minute on two cores (25 s measured 2026-11-24). Trains the demo MLP
-(monitor.demo_trainer: 64-64-64-10, SGD with momentum 0.9, batch 32) in this process and
+(monitor.demo.trainer: 64-64-64-10, SGD with momentum 0.9, batch 32) in this process and
 measures stiffness with the package's engine after every epoch, in pair mode, on a fixed
 probe: 20 held-out examples per class (clean labels) and 20 training examples per class
 (with the labels the model is trained on).
@@ -27,9 +27,9 @@ import torch
 import yaml
 from torch import nn
 
-from monitor.config import load_config
-from monitor.demo_trainer import build_mlp, split_digits
-from monitor.evaluation import Evaluator
+from monitor.config.schema import load_config
+from monitor.demo.trainer import build_mlp, split_digits
+from monitor.evaluation.evaluator import Evaluator
 from monitor.stiffness import compute_stiffness
 
 DPI = 80
@@ -39,9 +39,9 @@ Record = dict[str, Any]
 def evaluator(noise: float, folder: Path, per_class: int = 20) -> Evaluator:
     """The engine set up as the daemon would be, from a config the way a user writes it."""
     config = {
-        "model": {"factory": "monitor.demo_trainer:build_mlp"},
+        "model": {"factory": "monitor.demo.trainer:build_mlp"},
         "probe": {
-            "factory": "monitor.demo_trainer:probe",
+            "factory": "monitor.demo.trainer:probe",
             "kwargs": {"noise": noise},
             "per_class": per_class,
         },

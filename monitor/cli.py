@@ -21,9 +21,8 @@ from types import FrameType
 from pydantic import ValidationError
 
 from monitor import __version__
-from monitor.checks import run_checks
-from monitor.config import StiffnessConfig, load_config
-from monitor.demo_trainer import ExtraMissingError
+from monitor.config.schema import StiffnessConfig, load_config
+from monitor.daemon.checks import run_checks
 from monitor.errors import (
     CheckpointError,
     ConfigError,
@@ -32,8 +31,9 @@ from monitor.errors import (
     MonitorError,
     ProbeError,
 )
-from monitor.report import UnknownRunError
-from monitor.summary import format_evaluation
+from monitor.evaluation.summary import format_evaluation
+from monitor.extras import ExtraMissingError
+from monitor.report.history import UnknownRunError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 #: Bad input in what the operator configured (or a missing extra): fix it, then run again.
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from monitor.demo import DemoOptions
+    from monitor.demo.runner import DemoOptions
 
     d = DemoOptions()
     demo = commands.add_parser(
@@ -122,7 +122,7 @@ def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from monitor.evaluation import Evaluator, resolve_device
+    from monitor.evaluation.evaluator import Evaluator, resolve_device
 
     config = load_config(args.config)
     overrides = {key: getattr(args, key) for key in ("mode", "device") if getattr(args, key)}
@@ -153,7 +153,7 @@ def _watch(args: argparse.Namespace) -> int:
     # loaded: seconds), SIGTERM is a clean stop: nothing has been evaluated or stored yet.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_during_start_up)
-    from monitor.daemon import Daemon
+    from monitor.daemon.loop import Daemon
     from monitor.logs import configure_logging
 
     config = load_config(args.config)
@@ -164,8 +164,8 @@ def _watch(args: argparse.Namespace) -> int:
 def _backtest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from monitor.backtest import backtest_store, format_backtest
-    from monitor.rule_spec import load_rules
+    from monitor.rules.backtest import backtest_store, format_backtest
+    from monitor.rules.spec import load_rules
 
     config = load_config(args.config)
     if args.rules:
@@ -201,7 +201,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from monitor.report import write_report
+    from monitor.report.writer import write_report
 
     page = write_report(args.config, args.out, args.run, args.steps)
     print(f"report: {page}")
@@ -209,7 +209,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from monitor.demo import DemoOptions, run_demo
+    from monitor.demo.runner import DemoOptions, run_demo
 
     if not 0.0 <= args.noise <= 1.0 or args.lr <= 0 or args.epochs < 1:
         raise ConfigError("--noise must be in [0, 1], --lr above 0 and --epochs at least 1")

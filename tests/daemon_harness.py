@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from monitor.store import Store, StoredError, StoredEvaluation, StoredSkip, StoreError
+from monitor.store.store import Store, StoredError, StoredEvaluation, StoredSkip, StoreError
 from tests.conftest import EXAMPLE
 
 sys.path.insert(0, str(EXAMPLE))

@@ -22,9 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from monitor.config import load_config
-from monitor.metrics import MonitorMetrics
-from monitor.rule_spec import load_rules
+from monitor.config.schema import load_config
+from monitor.exporter.metrics import MonitorMetrics
+from monitor.rules.spec import load_rules
 from tests.conftest import EXAMPLE, REPO, run_cli
 
 DEPLOY = REPO / "deploy"
@@ -165,7 +165,7 @@ def test_alerts_and_dashboard_read_only_series_the_exporter_has() -> None:
     expressions += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     expressions += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
     unknown = {name for expr in expressions for name in referenced_series(expr)} - exported
-    assert not unknown, f"not exported by monitor/metrics.py: {sorted(unknown)}"
+    assert not unknown, f"not exported by monitor/exporter/metrics.py: {sorted(unknown)}"
 
 
 def docs_queries() -> list[str]:

@@ -32,7 +32,7 @@ from bench.signal_quality.report import dominates, signal
 from bench.signal_quality.scenarios import SELECTION_SEEDS, Scenario, suite
 from bench.signal_quality.summary import TIE, choose, summarise
 from bench.signal_quality.training import run_scenario
-from monitor.rule_spec import load_rules, parse_rules
+from monitor.rules.spec import load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / "rules" / "probe_loss_patience.yaml"

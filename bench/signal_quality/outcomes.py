@@ -1,6 +1,6 @@
 """Where a rule set stops a recorded run, and what that stop costs or saves.
 
-The stop comes from the product's own ``monitor.rules.replay`` over the stored evaluations,
+The stop comes from the product's own ``monitor.rules.engine.replay`` over the stored evaluations,
 so the benchmark scores the engine users run, not a re-implementation. The scoring is plain
 arithmetic on (step, test accuracy) pairs, kept apart so it can be checked by hand:
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.rule_spec import RuleSet, load_rules
-from monitor.rules import replay
+from monitor.rules.engine import replay
+from monitor.rules.spec import RuleSet, load_rules
 
 #: An early stop on a healthy run that loses more than this (accuracy, 0..1) is costly.
 COSTLY_REGRET = 0.01

@@ -9,7 +9,7 @@ from typing import Any
 from bench.signal_quality.outcomes import COSTLY_REGRET, Outcome
 from bench.signal_quality.summary import TIE, Summary, choose, summarise
 from bench.signal_quality.table import DATE, END, MACHINE, ORACLE, by_factor, headline, pct, per_run
-from monitor.rule_spec import AllRule, AnyRule, NonFiniteRule, RuleSet
+from monitor.rules.spec import AllRule, AnyRule, NonFiniteRule, RuleSet
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BASELINE = "probe_loss_patience"

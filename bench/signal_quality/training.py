@@ -20,11 +20,11 @@ from torch import nn
 
 from bench.signal_quality import data
 from bench.signal_quality.scenarios import Scenario
-from monitor.config import parse_config
-from monitor.evaluation import Evaluator
+from monitor.config.schema import parse_config
+from monitor.evaluation.evaluator import Evaluator
 
 #: Fields of the stored evaluation that the benchmark keeps (all a rule can read, see
-#: ``monitor.rule_metrics``), minus the bulky ones inside ``cosine``.
+#: ``monitor.rules.readings``), minus the bulky ones inside ``cosine``.
 KEPT = ("step", "mode", "classes", "probe_loss", "probe_accuracy", "uncertainty", "counts")
 COSINE_KEPT = ("within", "between", "within_pooled", "between_pooled", "per_class")
 FACTORIES = {

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from monitor.trainer import should_stop
+from monitor.stopping.trainer import should_stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_data import training_data

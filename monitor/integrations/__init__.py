@@ -1,7 +1,6 @@
-"""Stop-file callbacks for training frameworks: ``lightning`` and ``huggingface``.
+"""The trainer callbacks under their first import path, kept so trainers keep working.
 
-Each submodule imports its framework when it is imported and raises ImportError naming the
-package to install when the framework is missing; this package itself imports nothing, so
-``import monitor.integrations`` always works. Plain loops need no integration: see
-``monitor.trainer``.
+They live in ``monitor.stopping.integrations``; ``monitor.integrations.lightning`` and
+``monitor.integrations.huggingface`` re-export them. Like the originals, this package imports
+nothing and each submodule raises ImportError naming the package to install.
 """

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from monitor.checkpoint import step_from_name
-from monitor.checkpoint_formats import HF_FILES
+from monitor.checkpoints.huggingface import HF_FILES
+from monitor.checkpoints.reader import step_from_name
 
 # Names that writers use for work in progress: never candidates, never searched.
 IGNORED_NAMES = (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from watchdog.observers.api import BaseObserver
 
-from monitor.config import RunConfig, WatchConfig
+from monitor.config.schema import RunConfig, WatchConfig
 from monitor.watching.candidates import Candidate, Layout
 from monitor.watching.observers import close, is_running, open_observer
 from monitor.watching.problems import OnProblem, Problems

@@ -1,0 +1,103 @@
+"""The sections that say what is evaluated and how: ``model``, ``checkpoint``, ``probe`` and
+``stiffness``. ``StiffnessConfig.engine_options`` is the one place the file's keys become the
+engine's options.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from monitor.config.section import FACTORY_PATTERN, Section, parse_bytes, resolve_path
+from monitor.stiffness.inputs import EngineOptions
+
+
+class ModelConfig(Section):
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+CheckpointFormat = Literal[
+    "auto", "state_dict", "lightning", "safetensors", "hf", "dcp", "torchscript", "export"
+]
+
+
+class CheckpointConfig(Section):
+    format: CheckpointFormat = "auto"
+    state_dict_key: str | None = None
+    strict: bool = True
+    allow_pickle: bool = False
+    step_regex: str = r"step[_=-]?(\d+)"
+
+    @field_validator("step_regex")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"expected a regular expression, got {value!r} ({exc})") from exc
+        if compiled.groups < 1:
+            raise ValueError(f"expected a regular expression with one (\\d+) group, got {value!r}")
+        return value
+
+
+class ProbeConfig(Section):
+    path: Path | None = None
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    per_class: int = Field(50, ge=2)
+    seed: int = 0
+    classes: list[int] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ProbeConfig:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("expected exactly one of 'path' or 'factory'")
+        return self
+
+
+class StiffnessConfig(Section):
+    mode: Literal["class", "pair"] = "class"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    memory_limit: int | None = None
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    min_grad_norm: float = Field(1e-10, ge=0)
+    distance_bins: int = Field(20, ge=1)
+    loss: Literal["cross_entropy"] = "cross_entropy"
+    uncertainty: bool = False
+    backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _parse_memory(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        size = parse_bytes(value)
+        if size <= 0:
+            raise ValueError(f"expected a positive size, got {value!r}")
+        return size
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(
+            mode=self.mode,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            min_grad_norm=self.min_grad_norm,
+            distance_bins=self.distance_bins,
+            memory_limit=self.memory_limit,
+            uncertainty=self.uncertainty,
+            backend=self.backend,
+        )

@@ -1,0 +1,124 @@
+"""``check``: everything that can be validated before the first checkpoint exists.
+
+A sidecar that dies on its first checkpoint, hours into a run, because of a typo in its
+config is worse than useless; ``check`` finds such problems at deploy time. It keeps going
+after the first problem so the operator sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from monitor.config.factory import add_import_path, build_model
+from monitor.config.schema import MonitorConfig, load_config
+from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
+from monitor.probe.sampling import load_probe
+from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
+from monitor.stiffness.inputs import ProbeSet
+
+
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_output(model: torch.nn.Module, probe: ProbeSet, source: Path) -> str | None:
+    """Run two probe examples through the model: the output must be (B, classes) logits."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(probe.inputs[:2])
+    except Exception as exc:  # the operator's model on the operator's probe
+        return (
+            f"{source}: model.factory: the model fails on probe inputs: {type(exc).__name__}: {exc}"
+        )
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        return f"{source}: model.factory: expected (batch, classes) logits, got {shape}"
+    largest = max(probe.classes)
+    if largest >= logits.shape[1]:
+        return (
+            f"{source}: probe: target class {largest} but the model has {logits.shape[1]} outputs"
+        )
+    return None
+
+
+def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
+    for index, run in enumerate(config.runs):
+        if not run.path.is_dir():
+            report.warnings.append(
+                f"{config.source}: runs[{index}].path: {run.path} does not exist yet "
+                "(the daemon waits for it)"
+            )
+    store_dir = config.store.path.parent
+    existing = next((p for p in (store_dir, *store_dir.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        report.problems.append(f"{config.source}: store.path: {existing} is not writable")
+
+
+def run_checks(config_path: str | Path) -> CheckReport:
+    report = CheckReport()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        report.problems.extend(exc.problems)
+        return report
+    source = config.source
+    report.notes.append(f"config      {source}")
+    try:
+        text = source.read_text(encoding="utf-8")
+        rules = load_rules(config.rules, source, text)
+        report.notes.append(f"rules       {len(rules.rules)} rule(s) from {rules.source}")
+        sigma_metrics = min_sigma_metrics(rules)
+        if sigma_metrics and config.stiffness.mode == "class" and not config.stiffness.uncertainty:
+            report.warnings.append(
+                f"{source}: stiffness.uncertainty: a rule uses min_sigma, which has no effect "
+                "unless class mode computes standard errors (set stiffness.uncertainty: true)"
+            )
+        for metric in sorted(sigma_metrics - METRICS_WITH_ERRORS):
+            report.warnings.append(
+                f"{rules.source}: min_sigma on {metric} has no effect: standard errors exist "
+                f"only for {', '.join(sorted(METRICS_WITH_ERRORS))}"
+            )
+    except ConfigError as exc:
+        report.problems.extend(exc.problems)
+    add_import_path(config.base_dir)
+    model = None
+    if config.model.factory is None:
+        report.notes.append("model       none configured: only TorchScript/export checkpoints")
+    else:
+        try:
+            model = build_model(config.model.factory, config.model.kwargs)
+            count = sum(p.numel() for p in model.parameters())
+            report.notes.append(f"model       {config.model.factory}: {count:,} parameters")
+        except ModelFactoryError as exc:
+            report.problems.append(f"{source}: model.factory: {exc}")
+    probe = None
+    try:
+        probe = load_probe(config.probe)
+        report.notes.append(
+            f"probe       {probe.size} examples in {len(probe.classes)} classes from {probe.source}"
+        )
+    except ProbeError as exc:
+        report.problems.append(f"{source}: probe: {exc}")
+    if model is not None and probe is not None:
+        problem = _check_output(model, probe, source)
+        if problem:
+            report.problems.append(problem)
+    try:
+        from monitor.evaluation.evaluator import resolve_device
+
+        report.notes.append(f"device      {resolve_device(config.stiffness.device)}")
+    except EngineError as exc:
+        report.problems.append(f"{source}: {exc}")
+    _check_paths(config, report)
+    return report

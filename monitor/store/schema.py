@@ -1,0 +1,250 @@
+"""The store's tables: the migration steps that create them and the frozen rows read from them.
+
+``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``; the version lives
+in ``PRAGMA user_version`` (0 for a fresh file). Steps are history: once released, a step is
+never edited, only followed by a new one, because databases written by older daemons must
+keep migrating to the same schema as fresh ones. ``apply_migrations`` runs every missing step
+and the version bump inside the caller's transaction, so a crash mid-migration leaves the
+database at its old version, never half way.
+
+Version 1 holds what the daemon records per checkpoint (issue "Store"); version 2 adds what the
+decision layer records (rule state, decisions, stops). ``monitor.store.store`` re-exports the row
+types; import them from there.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # importing the result module imports torch: only when asked for one
+    from monitor.stiffness.result import StiffnessResult
+
+# "STFM": stamped in the header by the first step so that a store can tell its own database
+# from another application's SQLite file that happens to sit at the configured path.
+APPLICATION_ID = 0x5354464D
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: evaluations, errors and skipped checkpoints.
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY,
+            run TEXT NOT NULL,
+            path TEXT NOT NULL,
+            step INTEGER,
+            step_source TEXT NOT NULL,
+            format TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            fingerprint TEXT NOT NULL,
+            evaluated_at REAL NOT NULL,
+            duration_seconds REAL NOT NULL,
+            within_class REAL,
+            probe_loss REAL,
+            probe_accuracy REAL,
+            result_json TEXT NOT NULL,
+            UNIQUE (run, fingerprint)
+        )
+        """,
+        "CREATE INDEX evaluations_by_step ON evaluations (run, step)",
+        """
+        CREATE TABLE errors (
+            id INTEGER PRIMARY KEY,
+            run TEXT NOT NULL,
+            path TEXT NOT NULL,
+            fingerprint TEXT,
+            reason TEXT NOT NULL,
+            message TEXT NOT NULL,
+            at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX errors_by_reason ON errors (run, reason)",
+        """
+        CREATE TABLE skipped (
+            id INTEGER PRIMARY KEY,
+            run TEXT NOT NULL,
+            path TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            step INTEGER,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX skipped_by_run ON skipped (run)",
+    ),
+    # 1 -> 2: the decision layer's rule state, per-evaluation decisions and raised stops.
+    (
+        """
+        CREATE TABLE rule_state (
+            run TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            state_json TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (run, rule)
+        )
+        """,
+        """
+        CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY,
+            run TEXT NOT NULL,
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations (id),
+            rule TEXT NOT NULL,
+            stop INTEGER NOT NULL CHECK (stop IN (0, 1)),
+            reason TEXT NOT NULL,
+            state_json TEXT NOT NULL,
+            at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX decisions_by_evaluation ON decisions (run, evaluation_id)",
+        """
+        CREATE TABLE stops (
+            run TEXT PRIMARY KEY,
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations (id),
+            rule TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            payload_json TEXT NOT NULL,
+            at REAL NOT NULL
+        )
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    """The version stamped in the database header (0 for a database never migrated)."""
+    row = connection.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def foreign_database(connection: sqlite3.Connection, version: int) -> bool:
+    """True when this SQLite database belongs to something else and must not be touched:
+    a migrated store carries our application id, an unmigrated one holds no tables yet."""
+    if version > 0:
+        return int(connection.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID
+    return connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+
+
+def apply_migrations(
+    connection: sqlite3.Connection,
+    current: int,
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS,
+) -> int:
+    """Run the steps after ``current`` and stamp the new version; return that version.
+
+    The caller holds the write transaction: DDL and ``user_version`` are transactional in
+    SQLite, so either every step lands together with its version, or none does.
+    """
+    for step in migrations[current:]:
+        for statement in step:
+            connection.execute(statement)
+    target = len(migrations)
+    if target != current:
+        # PRAGMA takes no parameters; the value is our own integer, never user input.
+        connection.execute(f"PRAGMA user_version = {int(target)}")
+    return target
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    """One evaluated checkpoint. ``result`` is the ``evaluate --json`` object, parsed on first
+    use: a report listing hundreds of evaluations should not decode every matrix it skips."""
+
+    id: int
+    run: str
+    path: str
+    step: int | None
+    step_source: str
+    format: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    evaluated_at: float
+    duration_seconds: float
+    within_class: float | None
+    probe_loss: float | None
+    probe_accuracy: float | None
+    result_json: str = field(repr=False)
+
+    @cached_property
+    def result(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.result_json)
+        return parsed
+
+    def stiffness_result(self) -> StiffnessResult:
+        """The stored result as the engine's typed value."""
+        from monitor.stiffness.result import StiffnessResult
+
+        return StiffnessResult.from_dict(self.result)
+
+
+@dataclass(frozen=True)
+class StoredError:
+    """A checkpoint (or a watched folder: then ``path`` may be empty) that could not be used."""
+
+    id: int
+    run: str
+    path: str
+    fingerprint: str | None
+    reason: str
+    message: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StoredSkip:
+    """A complete checkpoint deliberately not evaluated (``backlog-latest``, ``deleted``)."""
+
+    id: int
+    run: str
+    path: str
+    fingerprint: str
+    step: int | None
+    reason: str
+    at: float
+
+
+class DecisionLike(Protocol):
+    """What ``record_decisions`` needs from a rule's verdict: the rules module's own type fits."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def stop(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def state(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """A recorded ``Decision`` with the evaluation it was made on."""
+
+    id: int
+    run: str
+    evaluation_id: int
+    rule: str
+    stop: bool
+    reason: str
+    state: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True)
+class StoredStop:
+    """The stop raised for a run; there is at most one and it is never replaced."""
+
+    run: str
+    evaluation_id: int
+    rule: str
+    reason: str
+    payload: dict[str, Any]
+    at: float
