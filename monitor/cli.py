@@ -34,10 +34,18 @@ from monitor.errors import (
 from monitor.evaluation.summary import format_evaluation
 from monitor.extras import ExtraMissingError
 from monitor.report.history import UnknownRunError
+from monitor.store.lock import StoreLockedError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 #: Bad input in what the operator configured (or a missing extra): fix it, then run again.
-CONFIG_ERRORS = (ConfigError, ModelFactoryError, ProbeError, ExtraMissingError, UnknownRunError)
+CONFIG_ERRORS = (
+    ConfigError,
+    ModelFactoryError,
+    ProbeError,
+    ExtraMissingError,
+    UnknownRunError,
+    StoreLockedError,  # another daemon holds the store
+)
 
 log = logging.getLogger("monitor")
 

@@ -61,7 +61,12 @@ def make_config(folder: Path, runs: dict[str, Path], **sections: dict[str, Any])
         "probe": {"factory": "digits_data:probe", "per_class": 10},
         "stiffness": {"device": "cpu"},
         "runs": [{"name": name, "path": str(path)} for name, path in runs.items()],
-        "watch": {"settle_seconds": 0.3, "poll_interval": 0.2, "rescan_interval": 2},
+        "watch": {
+            "settle_seconds": 0.3,
+            "poll_interval": 0.2,
+            "rescan_interval": 2,
+            "corrupt_after": 1.0,
+        },
         "metrics": {"port": 0},
         "store": {"path": "state/state.db"},
     }

@@ -50,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "report": {"store", "config"},
     "demo": {"report", "rules", "store", "stopping", "config"},
-    "cli": {"daemon", "demo", "report", "evaluation", "rules", "config"},
+    "cli": {"daemon", "demo", "report", "evaluation", "rules", "store", "config"},
     "__main__": {"cli"},
     # first import paths of moved modules, kept as re-exports of their new home only
     "trainer": {"stopping"},

@@ -36,7 +36,8 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not in
 ALERTS_REQUIRED = {
     "StiffnessEarlyStop", "StiffnessMonitorStalled", "StiffnessQueueStuck",
     "StiffnessCheckpointErrorRate", "StiffnessEvaluationSlowerThanCheckpoints",
-    "StiffnessMonitorDown", "StiffnessMonitorAbsent",
+    "StiffnessMonitorDown", "StiffnessMonitorAbsent", "StiffnessStopPending",
+    "StiffnessStoreNotWritable",
 }  # fmt: skip
 
 

@@ -2,20 +2,17 @@
 
 DCP is the one format whose reading is a protocol rather than a file parse: a pickled
 ``.metadata`` index, a storage reader and a load planner. Both of DCP's own entry points
-would unpickle freely, so this module vets ``.metadata`` with a restricted unpickler and hands
-DCP a reader that serves the vetted copy and a planner that loads non-tensor values
-weights-only. Only the model's tensors and the top-level step counters are read; the
-optimizer state (often twice the model) never is.
+would unpickle freely, so ``dcp_index`` reads and checks ``.metadata`` and what it points to,
+and this module hands DCP a reader that serves the vetted copy and a planner that loads
+non-tensor values weights-only. Only the model's tensors and the top-level step counters are
+read; the optimizer state (often twice the model) never is.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import importlib
 import inspect
 import io
-import pickle
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,26 +20,19 @@ from typing import Any
 
 import torch
 
+from monitor.checkpoints.dcp_index import check_storage, read_metadata, tensor_entry
 from monitor.checkpoints.payload import (
     CORRUPT_ERRORS,
     Payload,
     fail,
-    os_failure,
     select_weights,
     short,
     step_and_epoch,
 )
-from monitor.checkpoints.pickles import pickle_refusal, refused_global
 from monitor.config.schema import CheckpointConfig
 
-_PLAIN_GLOBALS = {  # containers that older DCP metadata pickles may name
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "object"),
-    ("copyreg", "_reconstructor"),
-}
 _COUNTERS = ("global_step", "step", "epoch")
+_KEY_PATH_LIMIT = 64  # levels of one planner_data key path; a state dict nests a few
 
 
 @dataclass(frozen=True)
@@ -60,60 +50,13 @@ class _DcpTensor(_DcpValue):
     dtype: torch.dtype
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` (a plain pickle) building only what DCP itself writes:
-    its dataclasses and enums, ``torch.Size``, dtypes, layouts and paths."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        found: Any = None
-        if module == "torch" and name == "Size":
-            found = torch.Size
-        elif module == "torch":
-            candidate = getattr(torch, name, None)
-            if isinstance(candidate, (torch.dtype, torch.layout, torch.memory_format)):
-                found = candidate
-        elif (module, name) == ("torch.serialization", "_get_layout"):
-            found = getattr(torch.serialization, "_get_layout", None)
-        elif (module, name) in _PLAIN_GLOBALS or (
-            module in ("pathlib", "pathlib._local") and name.endswith("Path")
-        ):
-            found = super().find_class(module, name)
-        elif module.startswith(("torch.distributed.checkpoint.", "torch.distributed._shard.")):
-            candidate = getattr(importlib.import_module(module), name, None)
-            if isinstance(candidate, type) and (
-                dataclasses.is_dataclass(candidate) or issubclass(candidate, enum.Enum)
-            ):
-                found = candidate
-        if found is None:
-            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
-        return found
-
-
-def _dcp_metadata(path: Path, allow_pickle: bool) -> Any:
-    """The checkpoint's ``Metadata``; ``.metadata`` is written last, so no file means the save
-    is still running or died before finishing."""
-    file = path / ".metadata"
-    if not file.is_file():
-        raise fail(
-            path,
-            "incomplete DCP checkpoint: no .metadata file (dcp.save writes it last; the save "
-            "is still running or did not finish)",
-            "corrupt",
-        )
-    try:
-        with file.open("rb") as handle:
-            if allow_pickle:
-                return pickle.load(handle)  # the operator trusts this checkpoint
-            return _MetadataUnpickler(handle).load()
-    except pickle.UnpicklingError as exc:
-        name = refused_global(str(exc))
-        if name is not None and not allow_pickle:
-            raise pickle_refusal(path, name, ".metadata: ") from exc
-        raise fail(path, f".metadata is corrupt ({short(exc)})", "corrupt") from exc
-    except (*CORRUPT_ERRORS, AttributeError, ImportError) as exc:
-        raise fail(path, f".metadata is corrupt ({short(exc)})", "corrupt") from exc
-    except OSError as exc:
-        raise os_failure(path, exc, ".metadata: ") from exc
+def _key_path(fqn: str, keys: Any) -> list[str]:
+    """Where ``fqn`` sat in the saved state: ``planner_data``'s key path when DCP flattened
+    the state (a short tuple of names and list indices), else split at the first dot."""
+    short_path = type(keys) is tuple and 0 < len(keys) <= _KEY_PATH_LIMIT
+    if short_path and all(type(key) in (str, int) for key in keys):
+        return [str(key) for key in keys]
+    return fqn.split(".", 1)
 
 
 def _dcp_tree(metadata: Any) -> dict[str, Any]:
@@ -125,17 +68,9 @@ def _dcp_tree(metadata: Any) -> dict[str, Any]:
     mappings = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
     tree: dict[str, Any] = {}
     for fqn, item in metadata.state_dict_metadata.items():
-        size = getattr(item, "size", None)
-        dtype = getattr(getattr(item, "properties", None), "dtype", None)
-        entry = (
-            _DcpTensor(fqn, tuple(size), dtype)
-            if size is not None and isinstance(dtype, torch.dtype)
-            else _DcpValue(fqn)
-        )
-        keys = mappings.get(fqn)
-        parts = (
-            [str(key) for key in keys] if isinstance(keys, tuple) and keys else fqn.split(".", 1)
-        )
+        tensor = tensor_entry(item)
+        entry = _DcpValue(fqn) if tensor is None else _DcpTensor(fqn, tuple(tensor[0]), tensor[1])
+        parts = _key_path(fqn, mappings.get(fqn))
         node = tree
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -157,7 +92,7 @@ def _dcp_load(
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
     class VettedReader(FileSystemReader):
-        """Serves the metadata read by ``_MetadataUnpickler`` instead of unpickling again."""
+        """Serves the metadata ``read_metadata`` vetted instead of unpickling again."""
 
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             if getattr(metadata, "storage_meta", None) is not None and hasattr(self, "load_id"):
@@ -200,20 +135,25 @@ def read_dcp(path: Path, config: CheckpointConfig, detected: str) -> Payload:
     except ImportError as exc:  # builds without torch.distributed (some macOS/Windows wheels)
         message = f"DCP needs torch.distributed, which this torch build lacks ({exc})"
         raise fail(path, message, "format") from exc
-    metadata = _dcp_metadata(path, config.allow_pickle)
-    if not hasattr(metadata, "state_dict_metadata"):
-        raise fail(path, ".metadata is not DCP metadata", "corrupt")
-    tree = _dcp_tree(metadata)
+    metadata = read_metadata(path, config.allow_pickle)
+    try:
+        tree = _dcp_tree(metadata)
+    except ValueError as exc:
+        raise fail(path, f".metadata is corrupt ({short(exc)})", "corrupt") from exc
     selected = select_weights(tree, config.state_dict_key, _DcpTensor, path)
     counters = {k: tree[k] for k in _COUNTERS if k in tree}
     counters = {k: entry for k, entry in counters.items() if isinstance(entry, _DcpValue)}
-    template: dict[str, Any] = {
-        entry.fqn: torch.empty(entry.size, dtype=entry.dtype)
-        if isinstance(entry, _DcpTensor)
-        else None
-        for entry in [*selected.values(), *counters.values()]
-    }
+    entries = [*selected.values(), *counters.values()]
+    tensors = [entry for entry in entries if isinstance(entry, _DcpTensor)]
+    claimed = sum(math.prod(entry.size) * entry.dtype.itemsize for entry in tensors)
+    check_storage(path, metadata, {entry.fqn for entry in entries}, claimed)
     try:
+        template: dict[str, Any] = {
+            entry.fqn: torch.empty(entry.size, dtype=entry.dtype)
+            if isinstance(entry, _DcpTensor)
+            else None
+            for entry in entries
+        }
         loaded = _dcp_load(path, metadata, template, config.allow_pickle)
     except CheckpointException as exc:  # DCP gathers each rank's failure into this
         raise fail(path, f"DCP could not read the checkpoint ({short(exc)})", "corrupt") from exc

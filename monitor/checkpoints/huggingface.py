@@ -111,8 +111,9 @@ def read_hf(path: Path, config: CheckpointConfig, detected: str) -> Payload:
     weights: dict[str, torch.Tensor] = {}
     metadata: dict[str, str] = {}
     for file in files:
-        if not file.is_file():
-            raise fail(path, f"shard {file.name} is missing", "missing")
+        if not file.is_file():  # the folder is here, so this is an incomplete copy, not a deletion
+            message = f"shard {file.name} named by {name} is missing (incomplete checkpoint)"
+            raise fail(path, message, "corrupt")
         if file.suffix == ".safetensors":
             tensors, meta = read_safetensors_file(file, path)
             metadata.update(meta)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import pickle
 import struct
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +39,17 @@ CORRUPT_ERRORS = (  # what loaders raise for bytes that make no sense
     zipfile.BadZipFile,
     OverflowError,
 )
+ZIP_ERRORS = (  # what zipfile raises for a damaged archive, besides OSError
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    ValueError,  # a name that is not the UTF-8 its flags claim (UnicodeDecodeError)
+    NotImplementedError,  # a version or compression method it cannot read
+    RuntimeError,  # an encrypted member
+)
 Leaf = TypeVar("Leaf")
+_FLATTEN_LIMIT = 1 << 20  # entries walked to find the weights; a checkpoint has thousands
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +101,7 @@ def as_int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, (str, bytes)):
-        text = value.decode() if isinstance(value, bytes) else value
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
         value = int(text.strip()) if text.strip().isdigit() else None
     return value if isinstance(value, int) and value >= 0 else None
 
@@ -110,18 +121,38 @@ def step_and_epoch(values: Mapping[Any, Any]) -> tuple[int | None, int | None]:
     return epoch, epoch
 
 
+class _Sprawling(ValueError):
+    """Nested values that would take more than ``_FLATTEN_LIMIT`` entries to walk."""
+
+
 def flatten(tree: Mapping[Any, Any], leaf: type[Leaf], prefix: str = "") -> dict[str, Leaf]:
     """Leaves of a nested mapping under dotted names: ``{"enc": {"w": t}}`` -> ``{"enc.w": t}``.
 
-    Non-leaf values (step counters, strings, lists) are skipped: they are not weights.
+    Non-leaf values (step counters, strings, lists) are skipped: they are not weights. The
+    walk keeps its own stack, skips a mapping that holds itself, and stops (``_Sprawling``)
+    past ``_FLATTEN_LIMIT`` entries, for mappings shared level after level multiply.
     """
     found: dict[str, Leaf] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, leaf):
-            found[name] = value
-        elif isinstance(value, Mapping):
-            found.update(flatten(value, leaf, name + "."))
+    walking: list[tuple[Iterator[tuple[Any, Any]], str, int]] = [
+        (iter(tree.items()), prefix, id(tree))
+    ]
+    on_path = {id(tree)}
+    visited = 0
+    while walking:
+        entries, base, _ = walking[-1]
+        for key, value in entries:
+            visited += 1
+            if visited > _FLATTEN_LIMIT:
+                raise _Sprawling(f"nested values of over {_FLATTEN_LIMIT} entries")
+            name = f"{base}{key}"
+            if isinstance(value, leaf):
+                found[name] = value
+            elif isinstance(value, Mapping) and id(value) not in on_path:
+                walking.append((iter(value.items()), name + ".", id(value)))
+                on_path.add(id(value))
+                break
+        else:
+            on_path.discard(walking.pop()[2])
     return found
 
 
@@ -136,6 +167,15 @@ def select_weights(
     so that e.g. ``{"generator": ..., "discriminator": ...}`` can be told apart by prefix
     when the weights are matched to the model.
     """
+    try:
+        return _select_weights(tree, key, leaf, path)
+    except _Sprawling as exc:
+        raise fail(path, str(exc), "corrupt") from exc
+
+
+def _select_weights(
+    tree: Mapping[Any, Any], key: str | None, leaf: type[Leaf], path: Path
+) -> dict[str, Leaf]:
     if key is not None:
         value: Any = tree.get(key)
         if value is None and "." in key:

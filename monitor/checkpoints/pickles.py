@@ -2,12 +2,13 @@
 
 Nothing from a file runs code unless ``checkpoint.allow_pickle`` says the operator trusts it.
 ``torch.load`` always runs with ``weights_only=True`` (``torch_load``, which the Hugging Face
-``.bin`` and ``torch.export`` readers use too); formats whose own loaders unpickle freely
-(DCP's ``.metadata``, ``torch.export`` archives) are vetted first, with ``pickle_globals``
-and the refusal message kept here. A refused file names the global it needed, because that
-is what tells the operator whether the file is merely unusual (an ``argparse.Namespace`` of
-hyperparameters) or hostile. ``read_torch_save`` reads plain, wrapped and Lightning
-``torch.save`` checkpoints.
+``.bin`` and ``torch.export`` readers use too), after ``pickle_scan`` has checked that the
+pickles cannot crash or stall it (``vet_cost``). Formats whose own loaders unpickle freely
+are vetted first: ``torch.export`` archives with ``pickle_globals``, DCP's ``.metadata`` by
+``dcp_unpickler``; the refusal message is kept here. A refused file names the global it
+needed, because that is what tells the operator whether the file is merely unusual (an
+``argparse.Namespace`` of hyperparameters) or hostile. ``read_torch_save`` reads plain,
+wrapped and Lightning ``torch.save`` checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from monitor.checkpoints.payload import (
     short,
     step_and_epoch,
 )
+from monitor.checkpoints.pickle_scan import scan_torch_save
 from monitor.config.schema import CheckpointConfig
 from monitor.errors import CheckpointError
 
@@ -56,22 +58,43 @@ def refused_global(message: str) -> str | None:
     return next(group for group in match.groups() if group).strip()
 
 
-def pickle_refusal(path: Path, name: str, where: str = "") -> CheckpointError:
-    """The one message for "this file needs full unpickling", wherever it was found."""
+def pickle_refusal(
+    path: Path, name: str, where: str = "", kind: str = "global "
+) -> CheckpointError:
+    """The one message for "this file needs full unpickling", wherever it was found; ``name``
+    is the global refused, or with ``kind=""`` what else was (``BUILD on the class X``)."""
     return fail(
         path,
-        f"{where}needs full unpickling to load (refused global {name}); set "
+        f"{where}needs full unpickling to load (refused {kind}{name}); set "
         "checkpoint.allow_pickle: true only if you trust this file, since unpickling can "
         "run arbitrary code",
         "pickle",
     )
 
 
+def vet_cost(source: Path | IO[bytes], path: Path, where: str = "") -> None:
+    """Refuse a ``torch.save`` file whose pickles would crash or stall the weights-only
+    unpickler (``monitor.checkpoints.pickle_scan``): reason ``corrupt``."""
+    try:
+        if isinstance(source, Path):
+            with source.open("rb") as handle:
+                problem = scan_torch_save(handle)
+        else:
+            problem = scan_torch_save(source)
+    except OSError as exc:
+        raise os_failure(path, exc, where) from exc
+    if problem is not None:
+        raise fail(path, f"{where}not loaded: {problem}", "corrupt")
+
+
 def torch_load(source: Path | IO[bytes], path: Path, allow_pickle: bool, where: str = "") -> Any:
     """``torch.load`` onto the CPU, weights-only unless the operator trusts the file.
 
     ``source`` is the file, or a member read from an archive (``where`` then names it).
+    Weights-only loading is vetted for cost first (``vet_cost``).
     """
+    if not allow_pickle:
+        vet_cost(source, path, where)
     try:
         return torch.load(source, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
@@ -84,7 +107,7 @@ def torch_load(source: Path | IO[bytes], path: Path, allow_pickle: bool, where: 
             message = f"{where}unpickling needs code this environment lacks ({short(exc)})"
             raise fail(path, message, "pickle") from exc
         raise fail(path, f"{where}truncated or corrupt ({short(exc)})", "corrupt") from exc
-    except CORRUPT_ERRORS as exc:
+    except (*CORRUPT_ERRORS, AssertionError) as exc:  # torch asserts on legacy storage keys
         raise fail(path, f"{where}truncated or corrupt ({short(exc)})", "corrupt") from exc
     except OSError as exc:
         raise os_failure(path, exc, where) from exc

@@ -14,21 +14,23 @@ import io
 import types
 import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch._export.verifier import SpecViolationError  # a graph its own checks reject
 
 from monitor.checkpoints.payload import (
     CORRUPT_ERRORS,
+    ZIP_ERRORS,
     Payload,
     fail,
     os_failure,
     short,
     step_and_epoch,
 )
+from monitor.checkpoints.pickle_scan import scan_torch_save
 from monitor.checkpoints.pickles import pickle_globals, pickle_refusal, torch_load
 from monitor.config.schema import CheckpointConfig
 
@@ -40,7 +42,15 @@ def _extra_step(extra: Mapping[str, Any]) -> tuple[int | None, int | None]:
 
 def read_torchscript(path: Path, config: CheckpointConfig, detected: str) -> Payload:
     """``torch.jit.load``: TorchScript's own unpickler builds only TorchScript types, so no
-    Python code from the file runs here. ``_extra_files`` named step/epoch hold the step."""
+    Python code from the file runs here; its pickles are vetted for cost first
+    (``pickle_scan``). ``_extra_files`` named step/epoch hold the step."""
+    try:
+        with path.open("rb") as handle:  # its C++ unpickler crashes on deeply nested values
+            problem = scan_torch_save(handle, members=(".pkl", ".debug_pkl"))
+    except OSError as exc:
+        raise os_failure(path, exc) from exc
+    if problem is not None:
+        raise fail(path, f"not loaded: {problem}", "corrupt")
     extra: dict[str, Any] = {"global_step": "", "step": "", "epoch": ""}
     try:
         with warnings.catch_warnings():
@@ -48,7 +58,7 @@ def read_torchscript(path: Path, config: CheckpointConfig, detected: str) -> Pay
             module = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(path), map_location="cpu", _extra_files=extra
             )
-    except RuntimeError as exc:
+    except CORRUPT_ERRORS as exc:  # RuntimeError mostly; UnicodeDecodeError for a bad name
         raise fail(path, f"not a loadable TorchScript archive ({short(exc)})", "corrupt") from exc
     step, epoch = _extra_step(extra)
     return Payload(format="torchscript", module=module, step=step, epoch=epoch)
@@ -77,7 +87,7 @@ def _vet_archive(path: Path, allow_pickle: bool) -> None:
                     torch_load(io.BytesIO(data), path, allow_pickle, where=where)
                 elif names := pickle_globals(data):
                     raise pickle_refusal(path, names[0], where)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+    except ZIP_ERRORS as exc:
         raise fail(path, f"truncated or corrupt archive ({short(exc)})", "corrupt") from exc
     except OSError as exc:
         raise os_failure(path, exc) from exc
@@ -150,7 +160,7 @@ def read_export(path: Path, config: CheckpointConfig, detected: str) -> Payload:
             warnings.simplefilter("ignore", UserWarning)  # version-skew notices, not errors
             program = torch.export.load(path, extra_files=extra)
         module = program.module()
-    except (*CORRUPT_ERRORS, AssertionError) as exc:
+    except (*CORRUPT_ERRORS, AssertionError, SpecViolationError) as exc:
         raise fail(path, f"not a loadable torch.export archive ({short(exc)})", "corrupt") from exc
     freeze_in_eval_mode(module)
     step, epoch = _extra_step(extra)

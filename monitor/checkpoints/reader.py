@@ -30,7 +30,7 @@ from torch import nn
 
 from monitor.checkpoints.dcp import read_dcp
 from monitor.checkpoints.huggingface import HF_FILES, read_hf, read_safetensors
-from monitor.checkpoints.payload import Payload, fail
+from monitor.checkpoints.payload import ZIP_ERRORS, Payload, fail
 from monitor.checkpoints.pickles import read_torch_save
 from monitor.checkpoints.programs import read_export, read_torchscript
 from monitor.config.schema import CheckpointConfig
@@ -86,7 +86,7 @@ def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError):
+    except (*ZIP_ERRORS, OSError):  # damaged: the reader that tries it says how
         return None
 
 
@@ -151,6 +151,8 @@ def read_checkpoint(path: str | Path, config: CheckpointConfig) -> LoadedCheckpo
         path = path.parent  # a DCP or sharded HF checkpoint, named by its index file
     if not path.exists():
         raise fail(path, "checkpoint not found", "missing")
+    if not path.is_dir() and not path.is_file():  # a FIFO or device: reading it may never end
+        raise fail(path, "not a regular file or folder", "format")
     fmt = detect_format(path) if config.format == "auto" else config.format
     if (fmt in FOLDER_FORMATS) != path.is_dir():
         expected = "a folder" if fmt in FOLDER_FORMATS else "a file"

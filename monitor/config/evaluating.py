@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from monitor.config.quoting import cut, short
 from monitor.config.section import FACTORY_PATTERN, Section, parse_bytes, resolve_path
 from monitor.stiffness.inputs import EngineOptions
 
@@ -37,10 +38,14 @@ class CheckpointConfig(Section):
     def _one_group(cls, value: str) -> str:
         try:
             compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"expected a regular expression, got {value!r} ({exc})") from exc
+        except (re.error, RecursionError, OverflowError) as exc:  # the last two: deep nesting
+            raise ValueError(
+                f"expected a regular expression, got {short(value)} ({cut(str(exc), 100)})"
+            ) from None
         if compiled.groups < 1:
-            raise ValueError(f"expected a regular expression with one (\\d+) group, got {value!r}")
+            raise ValueError(
+                f"expected a regular expression with one (\\d+) group, got {short(value)}"
+            )
         return value
 
 
@@ -85,7 +90,7 @@ class StiffnessConfig(Section):
             return None
         size = parse_bytes(value)
         if size <= 0:
-            raise ValueError(f"expected a positive size, got {value!r}")
+            raise ValueError(f"expected a positive size, got {short(value)}")
         return size
 
     def engine_options(self) -> EngineOptions:

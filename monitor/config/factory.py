@@ -9,13 +9,17 @@ are ``ModelFactoryError``s, the probe factory's ``ProbeError``s, with the same w
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import sys
+import sysconfig
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from monitor.config.quoting import cut, short
 from monitor.errors import ModelFactoryError, MonitorError
 
 
@@ -34,25 +38,25 @@ def import_callable(
     importing the module, the attribute, or that it is not callable. ``what`` (e.g.
     ``"probe factory"``) starts the message so the operator knows which config key to fix.
     """
-    name = f"{what} {spec!r}" if what else repr(spec)
+    name = f"{what} {short(spec)}" if what else short(spec)
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise error(f"{name}: expected 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise error(f"{name}: cannot import module {module_name!r} ({exc})") from exc
+        raise error(f"{name}: cannot import module {short(module_name)} ({cut(str(exc))})") from exc
     except Exception as exc:  # importing runs the operator's code; any failure is theirs to see
         raise error(
-            f"{name}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+            f"{name}: importing {short(module_name)} raised {type(exc).__name__}: {cut(str(exc))}"
         ) from exc
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise error(f"{name}: module {module_name!r} has no attribute {part!r}")
+            raise error(f"{name}: module {short(module_name)} has no attribute {short(part)}")
         target = getattr(target, part)
     if not callable(target):
-        raise error(f"{name}: {attribute!r} is not callable (got {type(target).__name__})")
+        raise error(f"{name}: {short(attribute)} is not callable (got {type(target).__name__})")
     return target  # type: ignore[no-any-return]
 
 
@@ -63,10 +67,59 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
         model = factory(**dict(kwargs))
     except Exception as exc:  # the factory is the operator's code
         raise ModelFactoryError(
-            f"{spec!r}: calling it with {dict(kwargs)!r} raised {type(exc).__name__}: {exc}"
+            f"{short(spec)}: calling it with {short(dict(kwargs))} raised "
+            f"{type(exc).__name__}: {cut(str(exc))}"
         ) from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelFactoryError(
-            f"{spec!r}: expected it to return a torch.nn.Module, got {type(model).__name__}"
+            f"{short(spec)}: expected it to return a torch.nn.Module, got {type(model).__name__}"
         )
     return model
+
+
+def _stdlib_dirs() -> tuple[Path, ...]:
+    """The interpreter's own library folders (a virtualenv's ``stdlib`` is its base's)."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    paths = sysconfig.get_paths(vars=base)
+    return tuple({Path(paths[key]).resolve() for key in ("stdlib", "platstdlib")})
+
+
+def _in_standard_library(name: str) -> bool:
+    """Whether module ``name`` is Python's own: built in, frozen, or in the stdlib folders
+    (and not an installed package, which a system Python keeps below them)."""
+    module = sys.modules.get(name)
+    try:
+        spec = getattr(module, "__spec__", None) or importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(spec, "origin", None)
+    if origin in ("built-in", "frozen"):
+        return True
+    if not isinstance(origin, str):
+        return False  # a namespace package: no code of its own
+    path = Path(origin).resolve()
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return False
+    return any(path.is_relative_to(folder) for folder in _stdlib_dirs())
+
+
+def standard_library_factory(spec: str) -> str | None:
+    """The module of Python's standard library a factory spec names, else None.
+
+    A config may name any callable, and the daemon calls it: ``os:system`` with
+    ``kwargs: {command: ...}`` runs a shell command. That is by design (the config is code),
+    but a factory is meant to be the operator's function, beside the config or in an
+    installed package; one from the standard library (``os:system``, ``subprocess:run``,
+    ``builtins:exec``, or a module beside the config that re-exports one) is most likely not
+    a model, and ``check`` says so. Imports the module, as building it would; a spec that
+    cannot be resolved gives None (building reports that).
+    """
+    try:
+        target = import_callable(spec)
+    except MonitorError:
+        return None
+    names = [spec.partition(":")[0]]
+    defined_in = getattr(target, "__module__", None)
+    if (inspect.isroutine(target) or inspect.isclass(target)) and isinstance(defined_in, str):
+        names.append(defined_in)  # where it is defined, when a module re-exports it
+    return next((name for name in names if _in_standard_library(name)), None)

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from monitor.errors import ConfigError
+from monitor.config.quoting import cut, short
+from monitor.config.reader import compose_yaml
 
 _EXPECTATIONS = {
     "int_parsing": "an integer",
@@ -40,8 +41,9 @@ def _location(loc: Sequence[int | str]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
+        else:  # a key the file made up can be long, or hold line breaks
+            key = str(item) if str(item).isprintable() and len(str(item)) <= 60 else short(item, 60)
+            parts.append(("." if parts else "") + key)
     return "".join(parts) or "(top level)"
 
 
@@ -68,11 +70,6 @@ def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
-def _found(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 _BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
            "less_than": "<", "too_short": "at least", "too_long": "at most"}  # fmt: skip
 
@@ -85,20 +82,21 @@ def _message(error: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
-        return f"kind: expected one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
+        return f"kind: expected one of {ctx.get('expected_tags')}, got {short(ctx.get('tag'))}"
     if kind in ("too_short", "too_long"):
         bound = ctx.get("min_length", ctx.get("max_length"))
         return f"expected {_BOUNDS[kind]} {bound} item(s), got {ctx.get('actual_length')}"
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()), "?")
-        return f"expected a value {_BOUNDS[kind]} {bound}, got {_found(error.get('input'))}"
+        return f"expected a value {_BOUNDS[kind]} {bound}, got {short(error.get('input'))}"
     expected = _EXPECTATIONS.get(kind)
     if expected is None:
         expected = str(error["msg"]).removeprefix("Value error, ")
         expected = expected.removeprefix("Input should be ").removeprefix("expected ")
+        expected = cut(expected, 600)  # our validators quote values short; pydantic's may not
     if "got " in expected:
         return f"expected {expected}"
-    return f"expected {expected}, got {_found(error.get('input'))}"
+    return f"expected {expected}, got {short(error.get('input'))}"
 
 
 def describe_validation_error(
@@ -109,10 +107,7 @@ def describe_validation_error(
     ``tags`` are discriminator values (rule kinds) that pydantic puts into locations; they
     are not keys of the file, so they are dropped from the key path.
     """
-    try:
-        root = yaml.compose(text) if text is not None else None
-    except yaml.YAMLError:
-        root = None
+    root = compose_yaml(text) if text is not None else None
     lines: list[tuple[int, str]] = []
     for error in exc.errors():
         loc = [item for item in _clean_loc(error["loc"]) if item not in tags]
@@ -121,29 +116,3 @@ def describe_validation_error(
         lines.append((line or 0, f"{where}: {_location(loc)}: {_message(error)}"))
     lines.sort(key=lambda item: item[0])
     return [message for _, message in lines]
-
-
-def read_yaml(path: Path, not_found: str, unreadable: str) -> tuple[Any, str]:
-    """Parse a YAML file; returns (data, text) so errors can later point at lines.
-
-    ``not_found`` and ``unreadable`` are the ConfigError messages for a missing file and for
-    one that cannot be read (``{error}`` is replaced by the OS error).
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(not_found) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(unreadable.format(error=exc)) from None
-    try:
-        return yaml.safe_load(text), text
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_problem(path, exc)) from None
-
-
-def yaml_problem(source: Path, exc: yaml.YAMLError) -> str:
-    """A YAML syntax error as one line with the position the parser reports."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{where}: invalid YAML: {problem}"

@@ -5,11 +5,14 @@ here, so ``check`` sees them before the daemon starts), the ``store`` and ``logg
 
 from __future__ import annotations
 
+import stat
+import string
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from monitor.config.quoting import short
 from monitor.config.secrets import read_password, tls_context
 from monitor.config.section import RUN_NAME_PATTERN, Section, resolve_path
 
@@ -36,6 +39,7 @@ class WatchConfig(Section):
     ready_markers: list[str] = Field(default_factory=list)
     unfinished_markers: list[str] = Field(default_factory=lambda: ["*-unfinished"])
     heartbeat_interval: float = Field(300.0, gt=0)
+    corrupt_after: float = Field(30.0, gt=0)  # a failed file must stay unchanged this long
 
 
 class StopConfig(Section):
@@ -46,12 +50,15 @@ class StopConfig(Section):
     @field_validator("file")
     @classmethod
     def _known_fields(cls, value: str) -> str:
+        # Plain fields only: a format spec such as {run_dir:>2000000000} would build gigabytes.
         try:
-            value.format(run_dir="d", run="r")
-        except (KeyError, IndexError, ValueError) as exc:
+            fields = [item[1:] for item in string.Formatter().parse(value) if item[1] is not None]
+        except ValueError:  # an unmatched brace
+            fields = [("", "", None)]
+        if any(name not in ("run_dir", "run") or spec or conv for name, spec, conv in fields):
             raise ValueError(
-                f"expected a path template using only {{run_dir}} and {{run}}, got {value!r}"
-            ) from exc
+                f"expected a path template using only {{run_dir}} and {{run}}, got {short(value)}"
+            )
         return value
 
 
@@ -63,6 +70,8 @@ class MetricsConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
     per_class_limit: int = Field(20, ge=0)
+    stall_timeout: float = Field(1800.0, gt=0)  # /readyz fails when the loop stops turning
+    liveness_grace: float = Field(300.0, ge=0)  # then /healthz too, this much later
     tls_cert: Path | None = None
     tls_key: Path | None = None
     basic_auth_user: str | None = None
@@ -72,7 +81,7 @@ class MetricsConfig(Section):
     @classmethod
     def _user(cls, value: str | None) -> str | None:
         if value is not None and (not value or ":" in value):
-            raise ValueError(f"expected a non-empty user name without ':', got {value!r}")
+            raise ValueError(f"expected a non-empty user name without ':', got {short(value)}")
         return value
 
     @field_validator("tls_cert", "tls_key", "basic_auth_password_file")
@@ -81,11 +90,13 @@ class MetricsConfig(Section):
         if value is None:
             return None
         path = resolve_path(value, info)
-        try:
+        try:  # a regular file: /dev/zero or a FIFO would be read (or waited on) forever
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise ValueError(f"expected a regular file, got {short(str(path), 200)}")
             path.open("rb").close()
         except OSError as exc:
             raise ValueError(
-                f"expected a readable file, got {str(path)!r} ({exc.strerror})"
+                f"expected a readable file, got {short(str(path), 200)} ({exc.strerror})"
             ) from None
         return path
 

@@ -21,7 +21,9 @@ from monitor.config.evaluating import (
     ProbeConfig,
     StiffnessConfig,
 )
-from monitor.config.messages import describe_validation_error, read_yaml
+from monitor.config.messages import describe_validation_error
+from monitor.config.quoting import short
+from monitor.config.reader import read_yaml
 from monitor.config.running import (
     DEFAULT_PATTERNS,
     LoggingConfig,
@@ -92,7 +94,7 @@ class MonitorConfig(Section):
         names = [run.name for run in runs]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"expected unique run names, got duplicates {duplicates}")
+            raise ValueError(f"expected unique run names, got duplicates {short(duplicates)}")
         return runs
 
     @property

@@ -9,16 +9,26 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from monitor.config.quoting import short
+
+#: Far beyond any password; the file is read no further (it could be a device or a log).
+MAX_PASSWORD_BYTES = 4096
+
 
 def read_password(path: Path) -> bytes:
     """The password file's content without its trailing newline (``echo pw > file`` adds one)."""
+    name = short(str(path), 200)
     try:
-        password = path.read_bytes().rstrip(b"\r\n")
+        with path.open("rb") as handle:
+            password = handle.read(MAX_PASSWORD_BYTES + 1).rstrip(b"\r\n")
     except OSError as error:
-        message = f"expected a readable password file, got {str(path)!r} ({error.strerror})"
-        raise ValueError(message) from None
+        raise ValueError(
+            f"expected a readable password file, got {name} ({error.strerror})"
+        ) from None
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"expected a password of at most {MAX_PASSWORD_BYTES} bytes in {name}")
     if not password:
-        raise ValueError(f"expected a password in {str(path)!r}, got an empty file")
+        raise ValueError(f"expected a password in {name}, got an empty file")
     return password
 
 
@@ -34,7 +44,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
         context.load_cert_chain(cert, key, password=_no_passphrase)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
         raise ValueError(
-            f"expected tls_cert {str(cert)!r} and tls_key {str(key)!r} to hold a PEM "
-            f"certificate and its matching, unencrypted private key, got {error}"
+            f"expected tls_cert {short(str(cert), 200)} and tls_key {short(str(key), 200)} to "
+            f"hold a PEM certificate and its matching, unencrypted private key, got {error}"
         ) from None
     return context

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
+from monitor.config.quoting import short
+
 FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _BYTE_UNITS = {
@@ -21,14 +23,17 @@ _BYTE_UNITS = {
 
 def parse_bytes(value: int | str) -> int:
     """``8GiB``, ``512MB``, ``1e9`` or a plain integer, in bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 8GiB or 512MB")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not isinstance(value, str):  # str() of a list from the file could be any size
+        raise ValueError(f"expected a size such as 8GiB or 512MB, got {short(value)}")
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", value)
     if not match or match.group(2).lower() not in _BYTE_UNITS:
-        raise ValueError(f"expected a size such as 8GiB or 512MB, got {value!r}")
-    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
+        raise ValueError(f"expected a size such as 8GiB or 512MB, got {short(value)}")
+    size = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+    if size != size or size == float("inf"):  # 1e999 parses as infinity
+        raise ValueError(f"expected a size such as 8GiB or 512MB, got {short(value)}")
+    return int(size)
 
 
 def base_dir(info: ValidationInfo) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from monitor.config.factory import add_import_path, build_model
+from monitor.config.factory import add_import_path, build_model, standard_library_factory
+from monitor.config.quoting import cut, short
 from monitor.config.schema import MonitorConfig, load_config
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
 from monitor.probe.sampling import load_probe
@@ -35,9 +36,8 @@ def _check_output(model: torch.nn.Module, probe: ProbeSet, source: Path) -> str 
         with torch.no_grad():
             output = model(probe.inputs[:2])
     except Exception as exc:  # the operator's model on the operator's probe
-        return (
-            f"{source}: model.factory: the model fails on probe inputs: {type(exc).__name__}: {exc}"
-        )
+        failure = f"{type(exc).__name__}: {cut(str(exc))}"
+        return f"{source}: model.factory: the model fails on probe inputs: {failure}"
     if isinstance(output, (tuple, list)):
         output = output[0]
     logits = getattr(output, "logits", output)
@@ -63,6 +63,24 @@ def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
     existing = next((p for p in (store_dir, *store_dir.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK):
         report.problems.append(f"{config.source}: store.path: {existing} is not writable")
+
+
+def _check_factory_origins(config: MonitorConfig, report: CheckReport) -> None:
+    """Warn when a factory is Python's own code rather than the operator's.
+
+    The config names code that the daemon imports and calls (``os:system`` runs a command);
+    that is by design, so this is a warning, not a problem: it catches a config that was
+    tampered with or copied from the wrong place, before the daemon runs it again.
+    """
+    for key, spec in (("model.factory", config.model.factory),
+                      ("probe.factory", config.probe.factory)):  # fmt: skip
+        module = standard_library_factory(spec) if spec else None
+        if module is not None:
+            report.warnings.append(
+                f"{config.source}: {key}: {short(spec)} is from {module!r} in Python's standard "
+                "library, not a factory in a module beside the config or an installed package; "
+                "the config names code the monitor runs, so protect it like code"
+            )
 
 
 def run_checks(config_path: str | Path) -> CheckReport:
@@ -92,6 +110,7 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except ConfigError as exc:
         report.problems.extend(exc.problems)
     add_import_path(config.base_dir)
+    _check_factory_origins(config, report)
     model = None
     if config.model.factory is None:
         report.notes.append("model       none configured: only TorchScript/export checkpoints")

@@ -7,10 +7,18 @@ storing an evaluation and storing its verdicts. Each verdict, the rules' state a
 written in one transaction. A stop is raised once per run and never retracted: the store
 keeps it, the metric stays at 1, and the stop file is never rewritten once the operator has
 removed it (deleting it is how an operator lets a run continue).
+
+The stop is committed before its file is written, and stays pending in the store until the
+file is there: a write that fails (full disk, permissions, I/O error) or a kill between the
+two is retried on every turn of the loop and at start-up, never lost, and never mistaken for
+an operator's removal. ``on_stop`` usually tells a scheduler that the file exists, so it runs
+right after the file is first written and noted, never while the file is missing, and at
+most once: a crash between noting the file and running the command skips it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +37,7 @@ from monitor.stopping.stop_file import (
     stop_file_path,
     write_stop_file,
 )
-from monitor.store.store import Store
+from monitor.store.store import Store, StoreError
 
 log = logging.getLogger("monitor.decisions")
 
@@ -88,21 +96,37 @@ class RunDecisions:
         self.store, self.metrics = store, metrics
         self.stop_file: Path = stop_file_path(config.stop.file, run.name, run.path, config.base_dir)
         self.engine = RuleEngine(rules)
+        self._pending: StopSignal | None = None  # stored, its stop file not written yet
+        self._failures = 0  # failed writes of the pending stop: the first is logged and counted
+        self._resumed = False  # pending when this object was built: say so once it is written
         history = sorted(store.evaluations(run.name), key=lambda stored: stored.id)
         for stored in history:
             self.engine.observe(stored.step, stored.result)
         raised = store.stop_for(run.name)
         metrics.set_early_stop(run.name, raised is not None)
+        metrics.set_stop_pending(run.name, raised is not None and raised.pending)
         if raised is not None:
-            present = "present" if self.stop_file.exists() else "removed"
+            if raised.pending:
+                state = "pending: raised but not written yet; writing it now"
+            else:  # written once: absent now means the operator let the run go on
+                state = "present" if self.stop_file.exists() else "removed"
             log.info(
                 "run %s was stopped earlier by rule %s (stop file %s)",
-                run.name, raised.rule, present,
+                run.name, raised.rule, state,
             )  # fmt: skip
+            if raised.pending:
+                self._pending, self._resumed = StopSignal.from_dict(raised.payload), True
+                with contextlib.suppress(StoreError):  # written, not noted: the loop notes it
+                    self.retry_pending_stop()
         elif history and self.engine.stopped:
             # Reloaded rules that would have stopped on the stored history stop the run now.
             latest = history[-1]
             self._raise(latest.id, latest.step, latest.path, self.engine.state())
+
+    @property
+    def stop_pending(self) -> bool:
+        """True while the run's stop is stored but its stop file is not written yet."""
+        return self._pending is not None
 
     def observe(self, evaluation_id: int, evaluation: Evaluation) -> None:
         """Judge one stored evaluation, store the verdicts, raise the stop if it is new."""
@@ -112,6 +136,43 @@ class RunDecisions:
             self.store.save_rule_states(self.run.name, self.engine.state())
         if any(d.stop for d in decisions) and self.store.stop_for(self.run.name) is None:
             self._raise(evaluation_id, evaluation.step, evaluation.checkpoint, self.engine.state())
+
+    def retry_pending_stop(self) -> None:
+        """Write the stop file of a stop raised but not written yet; nothing when none is.
+
+        The loop calls it once per turn, so a folder that becomes writable again gets its
+        file without waiting for another checkpoint. The first failure is logged and counted,
+        later ones only at debug level. Raises ``StoreError`` when the file is written but the
+        store cannot note it: the next call finds the same file there and notes it then.
+        """
+        signal = self._pending
+        if signal is None:
+            return
+        try:
+            write_stop_file(self.stop_file, signal)  # an identical file there counts as written
+        except StopSignalError as error:
+            self._failures += 1
+            if self._failures == 1:
+                self.metrics.count_error(self.run.name, "stop-file")
+                log.error(
+                    "stop file not written: %s; the stop for run %s stays pending and is retried "
+                    "every turn", error, self.run.name,
+                )  # fmt: skip
+            else:
+                log.debug("stop file still not written: %s", error)
+            return
+        first = self.store.mark_stop_written(self.run.name)
+        self._pending = None
+        self.metrics.set_stop_pending(self.run.name, False)
+        if self._failures or self._resumed:
+            log.info(
+                "stop for run %s no longer pending: stop file %s written (%d failed "
+                "attempt(s) by this daemon)", self.run.name, self.stop_file, self._failures,
+            )  # fmt: skip
+        if first and self.config.stop.on_stop:  # once per run: only the first mark is True
+            run_on_stop(  # blocks up to on_stop_timeout; logs its own failure
+                self.config.stop.on_stop, signal, self.config.stop.on_stop_timeout, self.stop_file
+            )
 
     def _raise(
         self,
@@ -137,18 +198,12 @@ class RunDecisions:
             self.run.name, evaluation_id, point.rule, point.reason, signal.to_dict()
         ):
             return
+        self._pending = signal  # committed: from here a failed write is retried, not lost
         self.metrics.set_early_stop(self.run.name, True)
+        self.metrics.set_stop_pending(self.run.name, True)
         fields = {"run": self.run.name, "rule": point.rule, "file": str(self.stop_file)}
         log.warning(
             "early stop for run %s at step %s: %s",
             self.run.name, signal.step, point.reason, extra={"fields": fields},
         )  # fmt: skip
-        try:
-            write_stop_file(self.stop_file, signal)
-        except StopSignalError as error:
-            self.metrics.count_error(self.run.name, "stop-file")
-            log.error("stop file not written: %s", error)
-        if self.config.stop.on_stop:  # once per run: record_stop above guards it
-            run_on_stop(  # blocks up to on_stop_timeout; logs its own failure
-                self.config.stop.on_stop, signal, self.config.stop.on_stop_timeout, self.stop_file
-            )
+        self.retry_pending_stop()

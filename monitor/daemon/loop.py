@@ -18,24 +18,27 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from monitor.config.schema import MonitorConfig, load_config
-from monitor.daemon.decisions import RunDecisions
+from monitor.config.schema import MonitorConfig
+from monitor.daemon.bad_input import Failure
+from monitor.daemon.health import Health
+from monitor.daemon.held_writes import HeldWrites
 from monitor.daemon.outcomes import (
     Problem,
     error_reason,
-    export_evaluation,
-    record_error,
-    record_problem,
 )
-from monitor.daemon.work_queue import CheckpointQueue
-from monitor.errors import CheckpointError, ConfigError, EngineError
+from monitor.daemon.recorder import Recorder
+from monitor.daemon.run_rules import RunRules
+from monitor.daemon.store_guard import StoreGuard
+from monitor.daemon.watchers import Watchers
+from monitor.daemon.work_queue import CheckpointQueue, Taken
+from monitor.errors import CheckpointError, EngineError
 from monitor.evaluation.evaluator import Evaluation, Evaluator
 from monitor.exporter.metrics import MonitorMetrics
 from monitor.exporter.server import MetricsServer
-from monitor.rules.engine import RuleEngine
-from monitor.rules.spec import RuleSet, load_rules
+from monitor.store.database import StoreError
+from monitor.store.lock import StoreLock
 from monitor.store.store import Store
-from monitor.watching import Candidate, RunWatcher
+from monitor.watching import Candidate
 
 log = logging.getLogger("monitor.daemon")
 
@@ -61,11 +64,15 @@ class Daemon:
         self._reload = threading.Event()
         self._problems: queue.SimpleQueue[Problem] = queue.SimpleQueue()
         self._evaluating = False
-        self._evaluated = 0
-        self.rules: RuleSet | None = None
         self.metrics_port: int | None = None
-        self._decisions: dict[str, RunDecisions] = {}
         self._known: frozenset[tuple[str, str]] = frozenset()  # (run, fingerprint) stored before
+        self.health = Health(config.metrics.stall_timeout, config.metrics.liveness_grace)
+        self._guard = StoreGuard(self.metrics, self.health)
+        self._held = HeldWrites()
+        self.rules = RunRules(config, self.metrics, self._held)
+        self._record = Recorder(self.metrics, self._held, self.rules.observe)
+        self._retake: Taken | None = None  # taken from the queue, not processed: store failed
+        self._exit_code = 0
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -104,32 +111,28 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         self._install_signal_handlers()  # first: a stop during a slow start-up is clean too
-        self.rules = load_rules(config.rules, config.source)
+        self.rules.load()
+        lock = StoreLock(config.store.path).acquire()  # one daemon per store, else exit 2
         server = None
-        if config.metrics.enabled:  # first, so /healthz answers while the model loads
-            server = MetricsServer(self.metrics.registry, lambda: self.metrics.is_ready,
-                                   config.metrics).start()  # fmt: skip
-            self.metrics_port = server.port
-            log.info("metrics on %s", server.url)
-        watchers: list[RunWatcher] = []
+        watchers = Watchers(config, self.health, self._on_ready, self._on_problem)
         try:
+            if config.metrics.enabled:  # first, so /healthz answers while the model loads
+                health = self.health
+                server = MetricsServer(self.metrics.registry, health.is_ready, config.metrics,
+                                       is_live=health.is_live).start()  # fmt: skip
+                self.metrics_port = server.port
+                log.info("metrics on %s", server.url)
             evaluator = Evaluator(config)
             with Store(config.store.path) as store:
-                self._known = frozenset((e.run, e.fingerprint) for e in store.evaluations())
+                failed = self._record.start(store, config.watch.corrupt_after)
+                evaluated = {(e.run, e.fingerprint) for e in store.evaluations()}
+                self._known = frozenset(evaluated | failed)
                 for run in config.runs:
                     self.metrics.add_run(run.name)
-                self._start_decisions(store)
-                for run in config.runs:
-                    watcher = RunWatcher(
-                        run,
-                        config.watch,
-                        config.checkpoint.step_regex,
-                        on_ready=self._on_ready,
-                        on_problem=self._on_problem,
-                    )
-                    watcher.start()
-                    watchers.append(watcher)
-                self.metrics.set_ready(True)
+                self.rules.start(store)
+                watchers.start()
+                self.health.start()
+                self.metrics.set_ready(self.health.is_ready())
                 log.info(
                     "watching %d run(s) on %s; store %s",
                     len(config.runs),
@@ -137,49 +140,78 @@ class Daemon:
                     config.store.path,
                     extra={"fields": {"runs": ",".join(r.name for r in config.runs)}},
                 )
-                self._loop(store, evaluator)
+                self._loop(store, evaluator, watchers)
         finally:
+            self.health.finish()
             self.metrics.set_ready(False)
-            for watcher in watchers:
-                watcher.stop()
+            watchers.stop()
             if server is not None:
                 server.stop()
-        log.info("stopped", extra={"fields": {"evaluated": self._evaluated}})
-        return 0
+            lock.release()
+        log.info("stopped", extra={"fields": {"evaluated": self._record.evaluated}})
+        return self._exit_code
 
-    def _loop(self, store: Store, evaluator: Evaluator) -> None:
+    def _loop(self, store: Store, evaluator: Evaluator, watchers: Watchers) -> None:
         heartbeat = self.config.watch.heartbeat_interval
         last_activity = time.monotonic()
         while not self._stop.is_set():
-            self._drain_problems(store)
-            if self._reload.is_set():
-                self._reload.clear()
-                self._reload_rules(store)
-            taken = self.queue.take(timeout=TAKE_TIMEOUT)
-            if taken is None:
-                if time.monotonic() - last_activity >= heartbeat:
-                    self._heartbeat()
-                    last_activity = time.monotonic()
+            self.health.turned()
+            if not watchers.check():
+                self._exit_code = 1  # a watcher died twice: let the supervisor restart us
+                break
+            self.metrics.set_ready(self.health.is_ready())
+            if (wait := self._guard.waiting()) > 0:
+                self._stop.wait(min(wait, TAKE_TIMEOUT))
                 continue
-            for skipped in taken.skipped:
-                if not store.is_evaluated(skipped.run, skipped.fingerprint):
-                    store.record_skipped(
-                        skipped.run,
-                        str(skipped.path),
-                        skipped.fingerprint,
-                        skipped.step,
-                        "backlog-latest",
-                    )
-                    self.metrics.count_skipped(skipped.run, "backlog-latest")
-                    log.info("skipped %s (backlog: latest)", skipped.path)
+            try:
+                for decisions in self.rules.decisions.values():  # stop files not written yet
+                    decisions.retry_pending_stop()
+                busy = self._turn(store, evaluator)
+            except StoreError as error:
+                self._guard.failed(error)
+                continue
+            self._guard.succeeded()
+            if busy:
+                last_activity = time.monotonic()
+            elif time.monotonic() - last_activity >= heartbeat:
+                self._heartbeat()
+                last_activity = time.monotonic()
+        try:
+            self._drain_problems()
+            self._held.flush(store)
+        except StoreError as error:
+            log.error("stopping with %d write(s) the store did not take: %s", len(self._held),
+                      error)  # fmt: skip
+
+    def _turn(self, store: Store, evaluator: Evaluator) -> bool:
+        """One pass; True when a checkpoint was taken. A ``StoreError`` leaves its work held
+        (``_held``, ``_retake``) for the next pass."""
+        self._drain_problems()
+        self._record.confirmed()
+        self._held.flush(store)
+        if self._reload.is_set():
+            self._reload.clear()
+            self.rules.reload(store)
+        taken = self._retake or self.queue.take(timeout=TAKE_TIMEOUT)
+        self._retake = None
+        if taken is None:
+            return False
+        for skipped in taken.skipped:
+            self._record.skipped(skipped)
+        try:
+            self._held.flush(store)
             self._process(store, evaluator, taken.candidate)
-            last_activity = time.monotonic()
-        self._drain_problems(store)
+        except StoreError:
+            self._retake = Taken(taken.candidate, ())  # its skipped ones are held already
+            raise
+        return True
 
     def _process(self, store: Store, evaluator: Evaluator, candidate: Candidate) -> None:
         run = candidate.run
         if store.is_evaluated(run, candidate.fingerprint):
             log.debug("already evaluated: %s", candidate.path)
+            return
+        if self._record.bad.skip(candidate):
             return
         started = time.monotonic()
         try:
@@ -188,30 +220,18 @@ class Daemon:
             log.info("abandoned the evaluation of %s to stop", candidate.path)
             return
         except CheckpointError as error:
-            record_error(store, self.metrics, candidate, error_reason(error), str(error))
+            self._record.failure(Failure(candidate, error_reason(error), str(error)))
             return
         except EngineError as error:
-            record_error(store, self.metrics, candidate, "engine", str(error))
+            self._record.failure(Failure(candidate, "engine", str(error)))
             return
         except Exception as error:  # one checkpoint must never take the daemon down
             log.debug("evaluation failed", exc_info=True)
-            record_error(
-                store, self.metrics, candidate, "internal", f"{type(error).__name__}: {error}"
-            )
+            self._record.failure(Failure(candidate, "internal", f"{type(error).__name__}: {error}"))
             return
         duration = time.monotonic() - started
-        evaluation_id = store.record_evaluation(
-            run,
-            path=str(candidate.path),
-            fingerprint=candidate.fingerprint,
-            size=candidate.size,
-            mtime_ns=candidate.mtime_ns,
-            evaluation=evaluation.to_dict(),
-            duration_seconds=duration,
-        )
-        self._evaluated += 1
-        export_evaluation(self.metrics, evaluation, duration)
-        self.after_evaluation(store, evaluation_id, evaluation)
+        self._record.evaluation(candidate, evaluation, duration)
+        self._held.flush(store)
 
     def _evaluate(self, evaluator: Evaluator, candidate: Candidate) -> Evaluation:
         self._evaluating = True
@@ -222,55 +242,19 @@ class Daemon:
         finally:
             self._evaluating = False
 
-    def after_evaluation(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
-        """Hand the stored evaluation to its run's rules (verdicts, stop signal)."""
-        decisions = self._decisions.get(evaluation.run or "")
-        if decisions is None:
-            return
-        try:
-            decisions.observe(evaluation_id, evaluation)
-            self.metrics.set_rule_states(decisions.run.name, decisions.rules,
-                                         decisions.engine.state())  # fmt: skip
-        except Exception as error:  # the evaluation is stored; a rules failure must not stop us
-            log.debug("rules failed", exc_info=True)
-            self.metrics.count_error(evaluation.run or "", "rules")
-            log.error("rules not applied to %s: %s: %s", evaluation.checkpoint,
-                      type(error).__name__, error)  # fmt: skip
-
-    def _start_decisions(self, store: Store) -> None:
-        """Rules for every run, their state replayed from the stored history."""
-        assert self.rules is not None
-        self._decisions = {
-            run.name: RunDecisions(run, self.rules, self.config, store, self.metrics)
-            for run in self.config.runs
-        }
-        for name, decisions in self._decisions.items():  # the replayed state, before any news
-            self.metrics.set_rule_states(name, decisions.rules, decisions.engine.state())
-
     # -- reporting -------------------------------------------------------------------------
 
-    def _drain_problems(self, store: Store) -> None:
+    def _drain_problems(self) -> None:
+        """Watchers' problems, held in arrival order until stored."""
         while True:
             try:
                 problem = self._problems.get_nowait()
             except queue.Empty:
                 return
-            record_problem(store, problem)
+            self._record.problem(problem)
 
     def _heartbeat(self) -> None:
         log.info(
             "idle",
-            extra={"fields": {"evaluated": self._evaluated, "queue": self.queue.depth()}},
+            extra={"fields": {"evaluated": self._record.evaluated, "queue": self.queue.depth()}},
         )
-
-    def _reload_rules(self, store: Store) -> None:
-        try:
-            fresh = load_config(self.config.source)  # inline rules live in the config file
-            rules = load_rules(fresh.rules, fresh.source)
-            RuleEngine(rules)  # e.g. two rules with one name: refuse before replacing
-        except (ConfigError, ValueError) as error:
-            log.error("rules not reloaded, keeping the previous ones: %s", error)
-            return
-        self.rules = rules
-        self._start_decisions(store)
-        log.info("rules reloaded: %d rule(s) from %s", len(rules.rules), rules.source)

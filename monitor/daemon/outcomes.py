@@ -68,10 +68,11 @@ def export_evaluation(metrics: MonitorMetrics, evaluation: Evaluation, duration:
 def record_error(
     store: Store, metrics: MonitorMetrics, candidate: Candidate, reason: str, message: str
 ) -> None:
-    """A checkpoint that was not evaluated: counted, stored with its fingerprint, logged."""
-    metrics.count_error(candidate.run, reason)
+    """A checkpoint that was not evaluated: stored with its fingerprint, counted, logged (in
+    that order: a write the store refused is retried, and must not count twice)."""
     store.record_error(candidate.run, str(candidate.path), reason, message,
                        candidate.fingerprint)  # fmt: skip
+    metrics.count_error(candidate.run, reason)
     log.warning(
         "checkpoint not evaluated (%s): %s",
         reason,

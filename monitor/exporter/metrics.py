@@ -82,9 +82,19 @@ class MonitorMetrics:
 
         self.ready = gauge(
             "stiffness_ready",
-            "1 once the model and probe are loaded and the daemon is watching, else 0",
+            "1 while /readyz answers 200 (loaded, every watcher alive, the loop turning, the "
+            "store committing), else 0",
             (),
         )
+        self.store_writable = gauge(
+            "stiffness_store_writable", "0 while the store cannot commit (a full disk), else 1", ()
+        )
+        self.store_write_failures = counter(
+            "stiffness_store_write_failures_total",
+            "Store commits that failed (retried with back-off; the work is kept in memory)",
+            (),
+        )
+        self.store_writable.set(1)
         self.within = gauge(
             "stiffness_within_class",
             "Within-class cosine gradient stiffness (macro mean of the class-matrix diagonal) "
@@ -109,6 +119,11 @@ class MonitorMetrics:
         self.early_stop = gauge(
             "stiffness_early_stop",
             "1 once the rules have raised the stop signal for the run, else 0",
+        )
+        self.stop_pending = gauge(
+            "stiffness_stop_pending",
+            "1 while the run's stop is raised but its stop file not yet written (retried every "
+            "loop turn), else 0",
         )
         self.discovered = counter(
             "stiffness_checkpoints_discovered",
@@ -250,5 +265,14 @@ class MonitorMetrics:
     def set_queue_depth(self, run: str, depth: int) -> None:
         self.queue_depth.labels(run=run).set(depth)
 
+    def set_store_writable(self, writable: bool) -> None:
+        self.store_writable.set(1 if writable else 0)
+
+    def count_store_failure(self) -> None:
+        self.store_write_failures.inc()
+
     def set_early_stop(self, run: str, stopped: bool) -> None:
         self.early_stop.labels(run=run).set(1 if stopped else 0)
+
+    def set_stop_pending(self, run: str, pending: bool) -> None:
+        self.stop_pending.labels(run=run).set(1 if pending else 0)

@@ -4,15 +4,17 @@ One server, so one port to open, scrape and probe. ``/metrics`` is prometheus-cl
 WSGI app (content negotiation, gzip, ``name[]`` filters); this module adds routing, readiness,
 optional TLS and optional HTTP basic auth, with the standard library only.
 
-- ``/healthz`` (liveness) answers 200 while the process serves; ``/readyz`` answers 200 once
-  the model and probe are loaded and the runs are watched, 503 before. Both stay open when
+- ``/healthz`` (liveness) answers 200 while the process serves and ``is_live`` (if given)
+  says so, 503 otherwise; ``/readyz`` answers 200 while ``ready`` says so (the model and probe
+  loaded, the runs watched), 503 otherwise. Both stay open when
   basic auth is on: they reveal one bit, and kubelet and Docker health checks cannot easily
   carry a password (putting it in a pod spec would spread the secret).
 - Basic auth compares SHA-256 digests of user and password with ``hmac.compare_digest``, so
   the time taken tells nothing about either, not even their length. The password is read from
   ``metrics.basic_auth_password_file`` at start-up; the config never holds it.
-- TLS handshakes run in the connection's own thread (not in ``accept``), so a client that
-  stalls a handshake cannot block other scrapes; every connection has a timeout.
+- Connections are served by ``connections.ConnectionPool``: a fixed number of threads, a
+  deadline for each whole request, TLS handshakes that never block ``accept`` or each other,
+  so slow or silent clients can neither exhaust the process nor starve ``/healthz``.
 - Binding a non-loopback address without TLS or auth is allowed (containers must bind
   0.0.0.0 to be scraped) but logged as a warning, since anyone who can reach the port can read
   the metrics.
@@ -28,9 +30,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -38,6 +39,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from monitor.config.secrets import read_password, tls_context
 from monitor.errors import ConfigError
+from monitor.exporter.connections import ConnectionPool, DropCounter
+from monitor.exporter.requests_in import ConnectionLimits, SocketWriter
 
 if TYPE_CHECKING:
     from monitor.config.schema import MetricsConfig
@@ -45,8 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("monitor.metrics_server")
 
 REALM = "stiffness-monitor"
-CONNECTION_TIMEOUT = 30.0  # seconds: a silent client holds one thread at most this long
-SHUTDOWN_POLL = 0.2  # seconds: how long ``stop`` may wait for the serving loop to notice
 StartResponse = Callable[..., Any]
 
 
@@ -60,45 +61,47 @@ def is_loopback(host: str) -> bool:
 
 
 class _Handler(WSGIRequestHandler):
-    """Quiet (a request log line per scrape would drown the daemon's log), with a timeout."""
-
-    timeout = CONNECTION_TIMEOUT
+    """Quiet (a request log line per scrape would drown the daemon's log). Its ``request`` is
+    ``(request bytes, socket)``, as a datagram server's is: the pool has read the whole request
+    before a worker runs, so the handler reads from memory and only writes to the socket."""
 
     def setup(self) -> None:
-        self.request.settimeout(self.timeout)
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()
-        super().setup()
+        assert isinstance(self.request, tuple)
+        data, self.connection = self.request
+        self.rfile = BytesIO(data)
+        self.wfile = SocketWriter(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _Server(WSGIServer):
+    """Binds and holds the WSGI environ; the pool, not ``serve_forever``, serves."""
+
+    request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
     tls: ssl.SSLContext | None = None
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        connection, address = super().get_request()
-        if self.tls is not None:
-            connection = self.tls.wrap_socket(
-                connection, server_side=True, do_handshake_on_connect=False
-            )
-        return connection, address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that speaks plain HTTP to HTTPS, or hangs up: one debug line, no trace."""
-        log.debug("metrics connection from %s failed", client_address, exc_info=True)
+    def answer(self, sock: socket.socket, address: Any, data: bytes) -> None:
+        _Handler((data, sock), address, self)
 
 
 class MetricsServer:
-    """Serves a registry; ``ready`` is asked on every ``/readyz``."""
+    """Serves a registry. ``ready`` is asked on every ``/readyz``, ``is_live`` (default: always
+    live) on every ``/healthz``; ``limits`` bounds what clients may hold (tests make it small).
+    """
 
     def __init__(
-        self, registry: CollectorRegistry, ready: Callable[[], bool], config: MetricsConfig
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        config: MetricsConfig,
+        is_live: Callable[[], bool] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.config = config
+        self._registry = registry
         self._ready = ready
+        self._live = is_live
         self._metrics_app = make_wsgi_app(registry)
         self._credentials: tuple[bytes, bytes] | None = None
         tls: ssl.SSLContext | None = None
@@ -115,12 +118,9 @@ class MetricsServer:
         self.server: _Server = server_class((config.host, config.port), _Handler)
         self.server.tls = tls
         self.server.set_app(self._app)
-        self._thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL},
-            name="metrics-server",
-            daemon=True,
-        )
+        self._pool = ConnectionPool(self.server.socket, self.server.answer,
+                                    limits or ConnectionLimits(), tls)  # fmt: skip
+        self._drops = DropCounter(self._pool)
         absent = [name for name, on in (("TLS", tls), ("basic auth", self._credentials)) if not on]
         if absent and not is_loopback(config.host):
             missing = " or ".join(absent)
@@ -140,13 +140,14 @@ class MetricsServer:
         return f"{scheme}://{host}:{self.port}/metrics"
 
     def start(self) -> MetricsServer:
-        self._thread.start()
+        self._registry.register(self._drops)  # here, not in __init__: ``stop`` takes it off
+        self._pool.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        self._pool.stop()
         self.server.server_close()
-        self._thread.join(timeout=5)
+        self._registry.unregister(self._drops)
 
     def __enter__(self) -> MetricsServer:
         return self.start()
@@ -160,6 +161,9 @@ class MetricsServer:
             return _reply(start_response, "405 Method Not Allowed", b"use GET\n",
                           [("Allow", "GET, HEAD")])  # fmt: skip
         if path == "/healthz":
+            if self._live is not None and not self._live():
+                return _reply(start_response, "503 Service Unavailable", b"not live\n",
+                              head=method == "HEAD")  # fmt: skip
             return _reply(start_response, "200 OK", b"ok\n", head=method == "HEAD")
         if path == "/readyz":
             if self._ready():

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from monitor.config.factory import import_callable
+from monitor.config.quoting import short
 from monitor.config.schema import ProbeConfig
 from monitor.errors import ProbeError
 from monitor.probe.raw import RawProbe
@@ -128,7 +129,7 @@ def _read_factory(spec: str, kwargs: Mapping[str, Any]) -> RawProbe:
         result = function(**dict(kwargs))
     except Exception as exc:  # the factory is the operator's code
         raise ProbeError(
-            f"{source}: calling it with {dict(kwargs)!r} raised {type(exc).__name__}: {exc}"
+            f"{source}: calling it with {short(dict(kwargs))} raised {type(exc).__name__}: {exc}"
         ) from exc
     return _from_object(result, source)
 

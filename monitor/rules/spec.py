@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.config.messages import describe_validation_error, read_yaml
+from monitor.config.messages import describe_validation_error
+from monitor.config.quoting import short
+from monitor.config.reader import read_yaml
 from monitor.errors import ConfigError
 
 RULESETS_PACKAGE = "monitor.rulesets"
@@ -48,7 +50,7 @@ CLASS_METRIC = re.compile(r"^class_within:(\d+)$")
 def check_metric(value: str) -> str:
     if value not in METRICS and not CLASS_METRIC.match(value):
         known = ", ".join(sorted(METRICS))
-        raise ValueError(f"expected one of {known} or class_within:<label>, got {value!r}")
+        raise ValueError(f"expected one of {known} or class_within:<label>, got {short(value)}")
     return value
 
 
@@ -174,7 +176,7 @@ class RuleSet(_Strict):
         names = [rule_name(rule, index) for index, rule in enumerate(rules)]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"expected unique rule names, got duplicates {duplicates}")
+            raise ValueError(f"expected unique rule names, got duplicates {short(duplicates)}")
         return rules
 
 
@@ -220,6 +222,7 @@ def load_rules(
         path,
         not_found=f"{config_source}: rules: file not found: {path}",
         unreadable=f"{config_source}: rules: cannot read {path} ({{error}})",
+        what="rules file",
     )
     return parse_rules(data, path, text)
 

@@ -15,7 +15,9 @@ so it is written to be trusted by a reader that polls it at any moment (DESIGN Â
   is left as it is; a different existing file (an earlier stop, or one an operator wrote by
   hand) is kept too, with one WARNING, because a trainer may already have acted on it.
 
-The optional ``on_stop`` command the daemon may run after writing it is in ``on_stop``.
+A write that fails raises; the daemon keeps that stop pending in its store and writes the file
+on a later turn of its loop or after a restart. The optional ``on_stop`` command the daemon
+runs once the file is written is in ``on_stop``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +72,11 @@ class StopSignal:
     value: float | None
     best: float | None
     time: str = field(default_factory=utc_now)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StopSignal:
+        """The signal ``to_dict`` gave (a stored stop's payload), to write again unchanged."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to the stop file (strict JSON: non-finite numbers â†’ null)."""

@@ -58,7 +58,7 @@ def _check_header(path: Path) -> None:
         )
 
 
-def _make_private_dirs(folder: Path) -> None:
+def make_private_dirs(folder: Path) -> None:
     """Create missing folders with mode 0o700: results and paths are nobody else's business.
 
     ``Path.mkdir(parents=True, mode=...)`` applies the mode to the last folder only.
@@ -99,7 +99,7 @@ class Database:
             if not self.path.is_file():
                 raise StoreError(f"{self.path}: no store here (the daemon creates it)")
         else:
-            _make_private_dirs(self.path.parent)
+            make_private_dirs(self.path.parent)
         if self.path.exists():
             _check_header(self.path)
         if self.readonly:
@@ -230,12 +230,17 @@ class Database:
                 raise StoreError(f"{self.path}: committing to the store failed: {error}") from error
 
     def _undo(self, outer: bool) -> None:
-        if outer:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-        else:
-            self._db.execute(f"ROLLBACK TO s{self._depth}")
-            self._db.execute(f"RELEASE s{self._depth}")
+        """Roll back; a rollback that fails too (a full or failing disk) is the caller's error
+        already, and SQLite has rolled the transaction back itself or will on the next BEGIN."""
+        try:
+            if outer:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            else:
+                self._db.execute(f"ROLLBACK TO s{self._depth}")
+                self._db.execute(f"RELEASE s{self._depth}")
+        except sqlite3.Error:
+            pass
 
     def _execute(self, sql: str, params: Sequence[Any]) -> int:
         """One write statement in its own transaction (or the caller's); rows changed."""

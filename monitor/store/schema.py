@@ -8,8 +8,8 @@ and the version bump inside the caller's transaction, so a crash mid-migration l
 database at its old version, never half way.
 
 Version 1 holds what the daemon records per checkpoint (issue "Store"); version 2 adds what the
-decision layer records (rule state, decisions, stops). ``monitor.store.store`` re-exports the row
-types; import them from there.
+decision layer records (rule state, decisions, stops); version 3 when each stop's file was
+written (issue 19). ``monitor.store.store`` re-exports the row types; import them from there.
 """
 
 from __future__ import annotations
@@ -112,6 +112,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at REAL NOT NULL
         )
         """,
+    ),
+    # 2 -> 3: a stop stays pending (written_at NULL) from its commit until its stop file is
+    # written, so a failed write (or a kill between the two) is retried instead of lost. Older
+    # daemons wrote the file right after the commit or counted an error and gave up: their
+    # stops count as written.
+    (
+        "ALTER TABLE stops ADD COLUMN written_at REAL",
+        "UPDATE stops SET written_at = at",
     ),
 )
 
@@ -240,7 +248,11 @@ class StoredDecision:
 
 @dataclass(frozen=True)
 class StoredStop:
-    """The stop raised for a run; there is at most one and it is never replaced."""
+    """The stop raised for a run; there is at most one and it is never replaced.
+
+    ``written_at`` is when its stop file was first written (or an existing one kept); None
+    while the stop is pending: committed, but the file not written yet.
+    """
 
     run: str
     evaluation_id: int
@@ -248,3 +260,8 @@ class StoredStop:
     reason: str
     payload: dict[str, Any]
     at: float
+    written_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.written_at is None

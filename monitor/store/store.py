@@ -233,7 +233,9 @@ class Store(Database):
         """Raise the run's stop; False, and nothing changed, when it was raised before.
 
         A stop is raised once per run and never silently retracted or rewritten: the trainer
-        may already have acted on the first one.
+        may already have acted on the first one. It is pending until ``mark_stop_written``:
+        committing first and writing the file second means a crash or a failed write leaves a
+        stop to retry, never a stop file the store does not know about.
         """
         added = self._execute(
             "INSERT INTO stops (run, evaluation_id, rule, reason, payload_json, at)"
@@ -242,13 +244,26 @@ class Store(Database):
         )
         return added == 1
 
+    def mark_stop_written(self, run: str) -> bool:
+        """Note that the run's stop file is written; False when it was noted before.
+
+        Only the first write counts: a stop file that is absent after it was the operator's
+        doing and is never rewritten.
+        """
+        written = self._execute(
+            "UPDATE stops SET written_at = ? WHERE run = ? AND written_at IS NULL",
+            (time.time(), run),
+        )
+        return written == 1
+
     def stop_for(self, run: str) -> StoredStop | None:
         """The stop raised for ``run``, or None while it runs on."""
         rows = self._rows(
-            "SELECT run, evaluation_id, rule, reason, payload_json, at FROM stops WHERE run = ?",
+            "SELECT run, evaluation_id, rule, reason, payload_json, at, written_at FROM stops"
+            " WHERE run = ?",
             (run,),
         )
         if not rows:
             return None
-        run_, evaluation_id, rule, reason, payload, at = rows[0]
-        return StoredStop(run_, evaluation_id, rule, reason, json.loads(payload), at)
+        run_, evaluation_id, rule, reason, payload, at, written_at = rows[0]
+        return StoredStop(run_, evaluation_id, rule, reason, json.loads(payload), at, written_at)

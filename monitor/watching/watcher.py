@@ -110,6 +110,15 @@ class RunWatcher:
             if self._thread.is_alive():
                 log.warning("run %s: the watcher did not stop within %gs", self.run, timeout)
 
+    def is_alive(self) -> bool:
+        """True while the watcher's thread runs (before ``start`` and after a crash: False)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def is_watching(self) -> bool:
+        """False while an observer it opened has stopped (the thread restarts it soon)."""
+        observer = self._observer
+        return observer is None or is_running(observer)
+
     def __enter__(self) -> RunWatcher:
         self.start()
         return self

@@ -8,10 +8,12 @@ reason token and a message naming the path.
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import functools
 import io
 import pickle
+import pickletools
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -407,6 +409,85 @@ def test_garbage_is_corrupt(name: str, data: bytes, tmp_path: Path) -> None:
     assert error.reason == "corrupt" and str(path) in str(error)
 
 
+def _damage_central_directory(data: bytes, patch: Callable[[bytearray, int], None]) -> bytes:
+    """``patch(data, start)`` applied to every central-directory header of a zip archive."""
+    damaged = bytearray(data)
+    start = damaged.find(b"PK\x01\x02")
+    while start != -1:
+        patch(damaged, start)
+        start = damaged.find(b"PK\x01\x02", start + 4)
+    return bytes(damaged)
+
+
+def _bad_utf8_name(data: bytearray, start: int) -> None:
+    data[start + 8] |= 0x08  # general-purpose flag bit 11: "the name is UTF-8"
+    data[start + 46] = 0xFF  # the name's first byte, which no UTF-8 starts with
+
+
+def _future_version(data: bytearray, start: int) -> None:
+    data[start + 6] = 64  # "version needed to extract": 6.4, beyond what zipfile reads
+
+
+@pytest.mark.parametrize("patch", [_bad_utf8_name, _future_version], ids=["utf8-name", "zip-6.4"])
+@pytest.mark.parametrize(
+    "writer", [writers.write_raw, writers.write_torchscript, writers.write_export]
+)
+def test_zip_archives_python_cannot_read_are_corrupt(
+    writer: Writer, patch: Callable[[bytearray, int], None], net: Net, tmp_path: Path
+) -> None:
+    """Found by fuzzing: zipfile raised UnicodeDecodeError or NotImplementedError from
+    detecting the format (and torch.jit.load UnicodeDecodeError), not a CheckpointError."""
+    path = writer(tmp_path, net)
+    path.write_bytes(_damage_central_directory(path.read_bytes(), patch))
+    error = error_of(lambda: read_checkpoint(path, config()))
+    assert error.reason == "corrupt" and str(path) in str(error)
+
+
+def test_legacy_file_naming_a_storage_it_lacks_is_corrupt(net: Net, tmp_path: Path) -> None:
+    """Found by fuzzing: torch's legacy loader asserts that every storage key it reads was
+    named by the objects (AssertionError, not a CheckpointError)."""
+    data = writers.write_legacy(tmp_path, net).read_bytes()
+    stream = io.BytesIO(data)
+    for _ in range(4):  # magic number, protocol, system info, the objects: skipped
+        collections.deque(pickletools.genops(stream), maxlen=0)
+    start = stream.tell()
+    keys = pickle.load(stream)  # then the storage keys, then the storages' bytes
+    renamed = pickle.dumps(["not-a-storage", *keys[1:]], protocol=2)
+    path = tmp_path / "renamed.pth"
+    path.write_bytes(data[:start] + renamed + data[stream.tell() :])
+    error = error_of(lambda: read_checkpoint(path, config()))
+    assert error.reason == "corrupt" and str(path) in str(error)
+
+
+def test_export_whose_graph_fails_its_own_checks_is_corrupt(net: Net, tmp_path: Path) -> None:
+    """Found by fuzzing: one flipped bit renamed an input (``p_head_bias`` -> ``q_head_bias``)
+    and torch.export's verifier raised SpecViolationError, not a CheckpointError."""
+    path = writers.write_export(tmp_path, net)
+    damaged = tmp_path / "damaged.pt2"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as archive:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("models/model.json"):  # the input spec names it last
+                head, name, tail = data.rpartition(b'"p_head_bias"')
+                data = head + name.replace(b"p_", b"q_") + tail
+            archive.writestr(info, data)
+    error = error_of(lambda: read_checkpoint(damaged, config()))
+    assert error.reason == "corrupt" and str(damaged) in str(error)
+
+
+def test_torchscript_step_file_that_is_not_text(net: Net, tmp_path: Path) -> None:
+    """Found by fuzzing: ``extra/step`` holding bytes that are not UTF-8 raised
+    UnicodeDecodeError; the step then comes from nowhere, and the module still loads."""
+    path = writers.write_torchscript(tmp_path, net)
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as archive:
+        for info in source.infolist():
+            data = source.read(info)
+            archive.writestr(info, b"\xbc0" if info.filename.endswith("extra/step") else data)
+    loaded = read_checkpoint(damaged, config())
+    assert loaded.module is not None and loaded.step is None
+
+
 def test_truncated_shard_in_hf_folder(net: Net, tmp_path: Path) -> None:
     path = writers.write_hf_sharded_safetensors(tmp_path, net)
     shard = path / "model-00002-of-00002.safetensors"
@@ -419,7 +500,8 @@ def test_missing_shard_in_hf_folder(net: Net, tmp_path: Path) -> None:
     path = writers.write_hf_sharded_bin(tmp_path, net)
     (path / "pytorch_model-00001-of-00002.bin").unlink()
     error = error_of(lambda: read_checkpoint(path, config()))
-    assert error.reason == "missing" and "pytorch_model-00001-of-00002.bin" in str(error)
+    assert error.reason == "corrupt" and "pytorch_model-00001-of-00002.bin" in str(error)
+    assert "pytorch_model.bin.index.json" in str(error) and "incomplete" in str(error)
 
 
 PICKLES: dict[str, tuple[Callable[[Net], object], str]] = {

@@ -8,6 +8,7 @@ the operator as is.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.config.factory import add_import_path, build_model, import_callable
+from monitor.config.factory import (
+    add_import_path,
+    build_model,
+    import_callable,
+    standard_library_factory,
+)
 from monitor.errors import ModelFactoryError, ProbeError
 
 FACTORIES = """
@@ -151,3 +157,47 @@ def test_import_path_is_added_once(folder: Path) -> None:
     add_import_path(folder)
     add_import_path(folder)
     assert sys.path.count(str(folder)) == 1 and sys.path[0] == str(folder)
+
+
+def test_a_huge_kwargs_value_is_quoted_short(factories: str) -> None:
+    """The factory's kwargs used to be quoted whole: an alias bomb took 91 s and 6 GB."""
+    value: object = ["lol"] * 9
+    for _ in range(8):
+        value = [value] * 9  # 9**9 strings, shared as yaml.safe_load builds them
+    start = time.monotonic()
+    with pytest.raises(ModelFactoryError) as caught:
+        build_model(f"{factories}:failing", {"depth": value})
+    assert time.monotonic() - start < 5
+    message = str(caught.value)
+    assert "calling it with {'depth': [[[...]" in message and len(message) < 300, message
+
+
+@pytest.mark.parametrize(
+    ("spec", "module"),
+    [
+        ("os:system", "os"),
+        ("subprocess:run", "subprocess"),
+        ("builtins:exec", "builtins"),
+        ("collections:UserList", "collections"),
+        ("{reexport}:build", "posix"),  # a module beside the config that re-exports os.system
+    ],
+)
+def test_standard_library_factories_are_named(folder: Path, spec: str, module: str) -> None:
+    reexport = write_module(folder, "from os import system as build\n")
+    assert standard_library_factory(spec.format(reexport=reexport)) == module
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "{factories}:build",  # beside the config
+        "{factories}:Namespace.build",
+        "torch.nn:Linear",  # an installed package
+        "yaml:safe_load",
+        "monitor.demo_trainer:build_mlp",  # this package, wherever it is installed
+        "no_such_module_7f3a:build",  # unresolvable: building reports it
+        "{factories}:missing",
+    ],
+)
+def test_the_operators_own_and_installed_factories_are_not_named(factories: str, spec: str) -> None:
+    assert standard_library_factory(spec.format(factories=factories)) is None

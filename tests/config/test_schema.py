@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from monitor.config.schema import MonitorConfig, load_config, parse_bytes
+from monitor.config.schema import MonitorConfig, load_config, parse_bytes, parse_config
 from monitor.errors import ConfigError
 
 # The example from DESIGN §4, verbatim: these key names are the contract.
@@ -167,3 +168,82 @@ def test_configs_are_immutable(tmp_path: Path) -> None:
     assert isinstance(config, MonitorConfig)
     with pytest.raises(ValueError):
         config.stiffness.mode = "pair"  # type: ignore[misc]
+
+
+def alias_bomb_value() -> object:
+    """What ``yaml.safe_load`` builds from a billion-laughs file: 9**9 strings, all shared."""
+    value: object = ["lol"] * 9
+    for _ in range(8):
+        value = [value] * 9
+    return value
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("stiffness", "batch_size"),
+        ("stiffness", "memory_limit"),
+        ("stiffness", "include"),
+        ("checkpoint", "step_regex"),
+        ("stop", "file"),
+        ("metrics", "basic_auth_user"),
+    ],
+)
+def test_a_huge_value_is_quoted_short_and_fast(tmp_path: Path, section: str, key: str) -> None:
+    """Data that never came through the bounded reader (``parse_config`` is public) is still
+    quoted in a few characters: every message used to ``repr`` the whole value."""
+    source = tmp_path / "config.yaml"
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        parse_config({"probe": {"path": "p.pt"}, section: {key: alias_bomb_value()}}, source)
+    assert time.monotonic() - start < 5
+    for line in info.value.problems:  # a list gets one line per item
+        assert line.startswith(f"{source}: {section}.{key}") and len(line) < 400, line
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param(
+            "stiffness: {memory_limit: 1e999}\n", "8GiB or 512MB, got '1e999'", id="infinite-size"
+        ),
+        pytest.param(
+            "stop: {file: '{run_dir:>2000000000}/STOP'}\n", "only {run_dir} and {run}", id="width"
+        ),
+        pytest.param("stop: {file: '{run_dir.__class__}'}\n", "only {run_dir}", id="attribute"),
+        pytest.param("stop: {file: '{run!r}/STOP'}\n", "only {run_dir}", id="conversion"),
+        pytest.param("stop: {file: '{run_dir'}\n", "only {run_dir}", id="unclosed"),
+        pytest.param(
+            "checkpoint: {step_regex: '" + "(" * 2000 + ")" * 2000 + "'}\n",
+            "expected a regular expression",
+            id="deep-regex",
+        ),
+        pytest.param(f"stiffness: {{{'k' * 1000}: 1}}\n", "stiffness.'kkkk", id="long-key"),
+        pytest.param(
+            'stiffness: {"a\\nb": 1}\n', "stiffness.'a\\nb': unknown key", id="newline-key"
+        ),
+    ],
+)
+def test_values_that_would_cost_memory_or_lines_are_refused_short(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = write(tmp_path, "probe: {path: p.pt}\n" + text)
+    [line] = problems(path)
+    assert fragment in line and len(line) < 400 and "\n" not in line, line
+
+
+def test_stop_file_templates_that_only_name_the_fields_still_load(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "probe: {path: p}\nstop: {file: '{run_dir}/{run}.STOP'}\n")
+    )
+    assert config.stop.file == "{run_dir}/{run}.STOP"
+
+
+def test_secret_files_must_be_regular_and_small(tmp_path: Path) -> None:
+    user = "probe: {path: p}\nmetrics: {basic_auth_user: u, basic_auth_password_file: %s}\n"
+    [line] = problems(write(tmp_path, user % "/dev/zero"))
+    assert "metrics.basic_auth_password_file: expected a regular file, got '/dev/zero'" in line
+    huge = tmp_path / "password"
+    huge.write_bytes(b"p" * 10_000)
+    [line] = problems(write(tmp_path, user % huge))
+    assert "expected a password of at most 4096 bytes" in line

@@ -45,13 +45,19 @@ RULES: list[dict[str, Any]] = [
     },
     {"name": "diverged", "kind": "non_finite"},
 ]
-#: A probe factory that takes its time, as a big probe set does: the window before ready.
+#: A probe factory that takes its time, as a big probe set does: the window before ready. It
+#: loads once the test has looked (the file ``release`` beside it exists), not after a fixed
+#: time that a loaded machine could spend before the test looks.
 SLOW_PROBE = """
 import time
+from pathlib import Path
 from digits_data import probe as digits_probe
 
 def probe(seed: int = 0):
-    time.sleep(3)
+    release = Path(__file__).with_name("release")
+    deadline = time.monotonic() + 300
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return digits_probe(seed)
 """
 
@@ -90,6 +96,7 @@ def test_ready_discovered_per_class_and_rule_series(tmp_path: Path) -> None:
         assert fetch(healthz)[0] == 200
         assert fetch(readyz)[0] == 503
         assert metric_value(daemon.scrape(), "stiffness_ready") == 0
+        (config.parent / "release").touch()
         wait_for(lambda: fetch(readyz)[0] == 200, what="/readyz 200")
         assert metric_value(daemon.scrape(), "stiffness_ready") == 1
 
@@ -127,6 +134,7 @@ def test_ready_discovered_per_class_and_rule_series(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=30)  # fmt: skip
         assert (check.returncode, check.stdout + check.stderr) == (0, "")
     finally:
+        (config.parent / "release").touch()  # a failure above must not leave it waiting
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.log
 
@@ -183,14 +191,17 @@ def test_restart_over_tls_and_auth_replays_rules_and_counts_only_new_work(tmp_pa
         assert rule_series(ready) == before  # replayed from the store, nothing re-evaluated
         assert metric_value(ready, "stiffness_checkpoints_discovered_total", run="a") == 0
         write_checkpoint(run_dir / "step_3.pt", 3)
+        # Wait for step 3 itself, the last in step order, then count: waiting for the count to
+        # read 1 would also pass on its way up to 3, were the old two evaluated again.
         after = wait_for(
             lambda: (
                 (text := scrape(second))
-                and metric_value(text, "stiffness_checkpoints_evaluated_total", run="a") == 1
+                and metric_value(text, "stiffness_checkpoint_step", run="a") == 3
                 and text
             ),
             what="the new checkpoint evaluated",
         )
+        assert metric_value(after, "stiffness_checkpoints_evaluated_total", run="a") == 1
         assert metric_value(after, "stiffness_checkpoints_discovered_total", run="a") == 1
         assert "stiffness_class_within{" not in after
     finally:

@@ -11,6 +11,7 @@ import logging
 import math
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ STIFFNESS_FAMILIES = {
     "stiffness_probe_accuracy": "gauge",
     "stiffness_checkpoint_step": "gauge",
     "stiffness_early_stop": "gauge",
+    "stiffness_stop_pending": "gauge",
     "stiffness_checkpoints_discovered_total": "counter",
     "stiffness_checkpoints_evaluated_total": "counter",
     "stiffness_checkpoint_errors_total": "counter",
@@ -51,6 +53,9 @@ STIFFNESS_FAMILIES = {
     "stiffness_rule_value": "gauge",
     "stiffness_rule_best": "gauge",
     "stiffness_rule_wait": "gauge",
+    "stiffness_metrics_connections_dropped_total": "counter",
+    "stiffness_store_writable": "gauge",
+    "stiffness_store_write_failures_total": "counter",
 }
 PROCESS_FAMILIES = {
     "process_cpu_seconds_total": "counter",
@@ -238,8 +243,9 @@ def test_rule_series_before_any_value_and_after_a_reload() -> None:
             if line.startswith("stiffness_rule_")} == {"only"}  # fmt: skip
 
 
-def run_daemon(config: Path, until: Any) -> tuple[MonitorMetrics, str]:
-    """A real daemon in a thread until ``until(exposition)`` holds; returns its last scrape."""
+def run_daemon(config: Path, until: Any, then_wait: float = 0.0) -> tuple[MonitorMetrics, str]:
+    """A real daemon in a thread until ``until(exposition)`` holds (and ``then_wait`` seconds
+    more, for work that would come after it); returns its last scrape."""
     loaded = load_config(config)
     daemon = Daemon(loaded)
     thread = threading.Thread(target=daemon.run)
@@ -253,7 +259,12 @@ def run_daemon(config: Path, until: Any) -> tuple[MonitorMetrics, str]:
                 text = str(response.read().decode())
             return text if until(text) else None
 
-        return daemon.metrics, wait_for(scraped, what="the expected series")
+        text = wait_for(scraped, what="the expected series")
+        if then_wait:
+            time.sleep(then_wait)
+            with urllib.request.urlopen(address, timeout=10) as response:
+                text = str(response.read().decode())
+        return daemon.metrics, text
     finally:
         daemon.request_stop()
         thread.join(timeout=30)
@@ -286,8 +297,10 @@ def test_daemon_exports_rule_state_after_decisions_and_on_replay(tmp_path: Path)
         first, "stiffness_probe_loss", run="a"
     )
     # Restarted with nothing new: the replayed history gives the same series, no evaluation.
-    _, second = run_daemon(config, lambda text: "stiffness_rule_value{" in text)
-    assert evaluated(second) == 0
+    # Long enough for the start-up scan to queue the stored checkpoints (settle 0.3 s, rescans
+    # every 2 s), which a daemon that forgot its store would evaluate again.
+    _, second = run_daemon(config, lambda text: "stiffness_rule_value{" in text, then_wait=5.0)
+    assert not evaluated(second)
     replayed = {key: metric_value(second, key[1], run="a", rule=key[0]) for key in series}
     assert replayed == series
 

@@ -1,4 +1,5 @@
-"""The exporter's HTTP server through real requests: routes, readiness, TLS, basic auth, config.
+"""The exporter's HTTP server through real requests: routes, readiness and liveness, TLS, basic
+auth, config, and the connection limits (deadlines, the pending cap, the busy 503).
 
 Servers bind port 0 on 127.0.0.1; certificates are made for each test module by the real
 ``openssl`` command line (self-signed, with 127.0.0.1 in the subject alternative names).
@@ -7,24 +8,29 @@ Servers bind port 0 on 127.0.0.1; certificates are made for each test module by 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import logging
+import math
 import re
 import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from monitor.config.schema import MetricsConfig, load_config
 from monitor.errors import ConfigError
 from monitor.exporter.metrics import MonitorMetrics
+from monitor.exporter.requests_in import ConnectionLimits
 from monitor.exporter.server import MetricsServer
 from tests.conftest import run_cli
 
@@ -279,7 +285,7 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path, tls: tuple[Path, Pa
         ),
         (
             f"tls_cert: {cert}\n  tls_key: {tmp_path}",
-            f"metrics.tls_key: expected a readable file, got '{tmp_path}' (Is a directory)",
+            f"metrics.tls_key: expected a regular file, got '{tmp_path}'",
         ),
         (
             f"tls_cert: {cert}\n  tls_key: {other_key}",
@@ -317,3 +323,160 @@ def test_watch_exits_2_naming_each_bad_metrics_key(tmp_path: Path) -> None:
         f"{config}:4: metrics.tls_key: expected a readable file, got "
         f"'{tmp_path / 'missing.key'}' (No such file or directory)",
     ]
+
+
+# -- liveness and connection limits (issue 19, items 2 and 8) -----------------------------------
+
+
+def test_healthz_answers_what_is_live_says() -> None:
+    live = [True]
+    metrics = MonitorMetrics()
+    config = MetricsConfig(port=0)
+    with MetricsServer(metrics.registry, lambda: True, config, is_live=lambda: live[0]) as s:
+        assert (get(at(s, "/healthz")).status, get(at(s, "/healthz")).body) == (200, b"ok\n")
+        live[0] = False  # a dead watcher past its grace period, say
+        assert (get(at(s, "/healthz")).status, get(at(s, "/healthz")).body) == (503, b"not live\n")
+        head = get(at(s, "/healthz"), method="HEAD")
+        assert (head.status, head.body) == (503, b"")
+        assert (get(at(s, "/readyz")).status, get(s.url).status) == (200, 200)  # others unmoved
+        live[0] = True
+        assert get(at(s, "/healthz")).status == 200
+
+
+def limited(metrics: MonitorMetrics, **limits: Any) -> MetricsServer:
+    ready = limits.pop("ready", lambda: True)
+    config = MetricsConfig(port=0)
+    return MetricsServer(metrics.registry, ready, config, limits=ConnectionLimits(**limits))
+
+
+def dropped(s: MetricsServer, reason: str) -> float:
+    """``stiffness_metrics_connections_dropped_total{reason=...}`` from a real scrape."""
+    text = get(s.url).body.decode()
+    series = rf'stiffness_metrics_connections_dropped_total\{{reason="{reason}"\}}'
+    found = re.search(rf"^{series} (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """What the server sent before it closed (b"" for nothing); raises if it stays open."""
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One byte every 0.2 s never trips a per-read timeout; the whole-request deadline does."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + b"X-Slow: 1\r\n" * 100 + b"\r\n"
+    caplog.set_level(logging.WARNING, logger="monitor.metrics_server")
+    with limited(MonitorMetrics(), request_deadline=1.5) as s:
+        client = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        with client:
+            started, sent = time.monotonic(), 0
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                while sent < len(request) and time.monotonic() - started < 30:
+                    client.send(request[sent : sent + 1])
+                    sent += 1
+                    time.sleep(0.2)
+            assert time.monotonic() - started >= 1.5
+            assert sent < len(request) and closed_by_server(client) == b""
+        assert dropped(s, "deadline") == 1
+        assert get(at(s, "/healthz")).status == 200
+    warnings = [r.getMessage() for r in caplog.records if r.name == "monitor.metrics_server"]
+    assert len(warnings) == 1, warnings  # one line, however many follow within the minute
+    assert "(deadline); more within a minute are only counted" in warnings[0]
+
+
+def test_a_request_split_across_packets_is_served_once_complete() -> None:
+    with server(MonitorMetrics()) as s:
+        for parts, status in [
+            ([b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"\r\n"], b"200"),
+            ([b"POST /metrics HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234", b"56789"], b"405"),
+            ([b"GET /healthz HTTP/1.0\n", b"Host: x\n\n"], b"200"),  # bare line feeds
+        ]:
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as client:
+                for part in parts:
+                    client.sendall(part)
+                    time.sleep(0.3)  # the server must wait for the rest, not answer early
+                assert closed_by_server(client).startswith(b"HTTP/1.0 " + status), parts
+
+
+def test_too_many_connections_still_sending_close_the_oldest() -> None:
+    with limited(MonitorMetrics(), pending=4) as s:
+        silent = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(5)]
+        try:
+            assert closed_by_server(silent[0]) == b""  # the oldest made room for the fifth
+            assert get(at(s, "/healthz")).status == 200  # and the next one for this probe
+            assert dropped(s, "pending") == 2  # (this scrape found room: the probe had gone)
+            silent[-1].settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                silent[-1].recv(1)  # the newest is still open
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_when_every_worker_is_busy_a_request_gets_503_at_once() -> None:
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    def slow_ready() -> bool:
+        entered.release()
+        return release.wait(30)
+
+    with limited(MonitorMetrics(), workers=1, queued=1, ready=slow_ready) as s:
+        replies: list[int] = []
+
+        def ask(path: str) -> None:
+            replies.append(get(at(s, path)).status)
+
+        first = threading.Thread(target=ask, args=("/readyz",))
+        first.start()
+        assert entered.acquire(timeout=10)  # the one worker is held
+        others = [threading.Thread(target=ask, args=("/readyz",)) for _ in range(2)]
+        for thread in others:
+            thread.start()
+        try:
+            for _ in range(300):  # up to 30 s: wait for the event, not for a fixed time
+                if 503 in replies:
+                    break
+                time.sleep(0.1)
+        finally:
+            release.set()
+        for thread in (first, *others):
+            thread.join(30)
+        assert sorted(replies) == [200, 200, 503]  # one queued, one refused
+        assert dropped(s, "busy") == 1
+
+
+def test_headers_that_never_end_get_431() -> None:
+    with limited(MonitorMetrics(), max_request_bytes=4096) as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as client:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                client.sendall(b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 1000)
+            assert closed_by_server(client).startswith(b"HTTP/1.0 431 ")
+        assert dropped(s, "too-large") == 1
+
+
+def test_stopping_closes_connections_still_sending_and_ends_every_thread() -> None:
+    before = set(threading.enumerate())
+    s = limited(MonitorMetrics(), workers=3).start()
+    assert len(set(threading.enumerate()) - before) == 4  # the I/O thread and three workers
+    silent = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    with silent:
+        assert get(at(s, "/healthz")).status == 200
+        s.stop()
+        assert closed_by_server(silent) == b""
+    assert set(threading.enumerate()) - before == set()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("workers", 0), ("queued", 0), ("pending", 0), ("max_request_bytes", 0),
+     ("request_deadline", 0.0), ("write_timeout", -1.0), ("request_deadline", math.nan)],
+)  # fmt: skip
+def test_connection_limits_are_checked_when_built(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"^ConnectionLimits\.{field}: expected "):
+        ConnectionLimits(**{field: value})

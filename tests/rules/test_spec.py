@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,37 @@ def test_duplicate_rule_names_are_named_with_the_file() -> None:
         parse_rules(
             [{"kind": "decline", "name": "same"}, {"kind": "slope", "name": "same"}], "r.yaml"
         )
+
+
+def billion_laughs(indent: str) -> str:
+    lines = [f"{indent}a0: &a0 [{', '.join(['lol'] * 9)}]"]
+    lines += [f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_rules_file_alias_bomb_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    """A string where a mapping is expected used to be quoted whole: minutes and gigabytes."""
+    bomb = tmp_path / "rules.yaml"
+    bomb.write_text("rules: [{kind: decline}]\ndescription:\n" + billion_laughs("  "))
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_rules(bomb, tmp_path / "config.yaml")
+    assert time.monotonic() - start < 5
+    assert info.value.problems == [
+        f"{bomb}:7:12: alias *a3 takes the values repeated by aliases past 10,000 "
+        "(a YAML alias bomb?); write the values out instead"
+    ]
+
+
+def test_an_oversized_rules_file_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "rules.yaml"
+    big.write_text("rules: [{kind: decline}]\n" + "#" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"rules\.yaml: the rules file is larger than the limit"):
+        load_rules(big, tmp_path / "config.yaml")
+
+
+def test_a_long_metric_name_is_quoted_short() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rules([{"kind": "decline", "metric": "m" * 100_000}], "rules.yaml")
+    [line] = info.value.problems
+    assert "got 'mmmm" in line and len(line) < 800, line

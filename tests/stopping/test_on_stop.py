@@ -15,6 +15,8 @@ import pytest
 from monitor.stopping.on_stop import OUTPUT_TAIL_CHARS, run_on_stop
 from tests.stopping.test_stop_file import make_signal
 
+HANG = 600  # seconds the hanging command would take: far beyond any wait here
+
 
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
@@ -69,21 +71,16 @@ def alive(pid: int) -> bool:
 
 def test_a_hanging_on_stop_is_killed_with_its_children(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    command = python(
-        f"""
-        import subprocess, sys
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
-        child.wait()
-        """
-    )
+    # A shell, not Python: it has started its child within milliseconds, however loaded the
+    # machine, so the timeout always finds a child to kill.
+    command = ["/bin/sh", "-c", f"sleep {HANG} & echo $! > '{pid_file}'; wait"]
     started = time.monotonic()
-    outcome = run_on_stop(command, make_signal(), timeout=2)
-    assert time.monotonic() - started < 30
+    outcome = run_on_stop(command, make_signal(), timeout=3)
+    assert time.monotonic() - started < HANG / 2  # the timeout ended it, not the command
     assert outcome.timed_out and outcome.returncode is None and not outcome.ok
     assert outcome.error is not None and "timed out" in outcome.error
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(child), "the command's child outlived the timeout"

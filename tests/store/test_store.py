@@ -59,6 +59,12 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "state" / "state.db"
 
 
+def says(database: Path, message: str = "") -> str:
+    """The start of a store error, as a pattern: the path, then what went wrong. A word alone
+    could match the path, whose folder pytest names after the test."""
+    return f"^{re.escape(f'{database}: {message}')}"
+
+
 def record(store: Store, step: int | None, fingerprint: str, run: str = "a", **kw: Any) -> int:
     return store.record_evaluation(
         run,
@@ -210,7 +216,7 @@ def test_non_finite_values_are_refused_and_nothing_is_stored(database: Path) -> 
     with Store(database) as store:
         with pytest.raises(ValueError):
             record(store, 1, "fp", within=math.nan)
-        with pytest.raises(ValueError, match="step"):
+        with pytest.raises(ValueError, match=r"^evaluation step must be an int or None, got True$"):
             record(store, True, "fp")
         assert store.evaluations() == []
         with pytest.raises(ValueError):
@@ -228,7 +234,7 @@ def test_a_transaction_commits_all_or_nothing(database: Path) -> None:
 
         with store.transaction():
             evaluation_id = record(store, 1, "fp")
-            with pytest.raises(StoreError, match="FOREIGN KEY"):
+            with pytest.raises(StoreError, match=says(database) + ".*FOREIGN KEY constraint"):
                 store.record_decisions("a", 999, [Decision("r", True, "bad id", {})])
             store.record_decisions("a", evaluation_id, [Decision("r", False, "fine", {})])
         assert [d.reason for d in store.decisions("a")] == ["fine"]
@@ -238,11 +244,11 @@ def test_a_transaction_commits_all_or_nothing(database: Path) -> None:
 def test_a_read_only_store_refuses_writes_and_a_closed_one_everything(database: Path) -> None:
     Store(database).close()
     reader = Store(database, readonly=True)
-    with pytest.raises(StoreError, match="read-only"):
+    with pytest.raises(StoreError, match=says(database, "the store was opened read-only")):
         record(reader, 1, "fp")
     reader.close()
     reader.close()  # idempotent
-    with pytest.raises(StoreError, match="closed"):
+    with pytest.raises(StoreError, match=says(database, "the store is closed")):
         reader.evaluations()
 
 
@@ -332,7 +338,8 @@ def make_version_1(database: Path) -> None:
 
 def test_a_version_1_database_migrates_forward(database: Path) -> None:
     make_version_1(database)
-    with pytest.raises(StoreError, match=r"version 1.*start the daemon"):
+    stale = f"store schema version 1, this release reads version {SCHEMA_VERSION}; start the daemon"
+    with pytest.raises(StoreError, match=says(database, stale)):
         Store(database, readonly=True)  # readers never migrate
     with Store(database) as store:
         assert store.schema_version == SCHEMA_VERSION
@@ -354,7 +361,7 @@ def test_a_failed_migration_leaves_the_old_version(
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(monitor.store.database, "apply_migrations", crash_half_way)
-    with pytest.raises(StoreError, match="disk I/O error"):
+    with pytest.raises(StoreError, match=says(database) + ".*disk I/O error"):
         Store(database)
     connection = sqlite3.connect(database)
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
@@ -369,7 +376,9 @@ def test_a_newer_database_is_refused_naming_both_versions(database: Path, readon
     connection = sqlite3.connect(database)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     connection.close()
-    with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 5}.*{SCHEMA_VERSION}"):
+    newer = f"store schema version {SCHEMA_VERSION + 5} is newer than this release understands "
+    newer += f"(up to version {SCHEMA_VERSION})"
+    with pytest.raises(StoreError, match=says(database, newer)):
         Store(database, readonly=readonly)
 
 
@@ -380,7 +389,7 @@ def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(
 ) -> None:
     database.parent.mkdir()
     database.write_bytes(content)
-    with pytest.raises(StoreError, match=re.escape(str(database))) as raised:
+    with pytest.raises(StoreError, match=says(database, "not an SQLite database")) as raised:
         Store(database, readonly=readonly)
     assert isinstance(raised.value, MonitorError)
     assert database.read_bytes() == content
@@ -394,24 +403,25 @@ def test_another_applications_database_is_refused_and_left_alone(database: Path)
     connection.commit()
     connection.close()
     content = database.read_bytes()
-    with pytest.raises(StoreError, match="not a stiffness-monitor store"):
+    other = "an SQLite database that is not a stiffness-monitor store"
+    with pytest.raises(StoreError, match=says(database, other)):
         Store(database)
     assert database.read_bytes() == content
 
 
 def test_reading_a_store_that_does_not_exist_is_an_error(database: Path) -> None:
-    with pytest.raises(StoreError, match="no store here"):
+    with pytest.raises(StoreError, match=says(database, "no store here")):
         Store(database, readonly=True)
     assert not database.parent.exists()  # a reader creates nothing
     database.parent.mkdir()
     database.touch()  # created by a daemon that has not set it up yet
-    with pytest.raises(StoreError, match="empty"):
+    with pytest.raises(StoreError, match=says(database, "the store is empty")):
         Store(database, readonly=True)
 
 
 def test_a_folder_at_the_path_is_an_error_naming_it(database: Path) -> None:
     database.mkdir(parents=True)
-    with pytest.raises(StoreError, match=re.escape(str(database))):
+    with pytest.raises(StoreError, match=says(database, "cannot open the store")):
         Store(database)
 
 
