@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", choices=["class", "pair"], help="override stiffness.mode for this run"
     )
     evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
+    evaluate.add_argument(
+        "--split",
+        choices=["examples", "parameters"],
+        default="examples",
+        help="under torchrun: split the probe's examples (default) or the parameters across ranks",
+    )
+    evaluate.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others before it fails (%(default)s)",
+    )
 
     watch = commands.add_parser(
         "watch", help="run the daemon: watch runs, evaluate new checkpoints, export metrics"
@@ -143,8 +155,21 @@ def _evaluate(args: argparse.Namespace) -> int:
             flags = [f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors() if e["loc"]]
             raise ConfigError(flags or str(exc)) from None
         config = config.model_copy(update={"stiffness": stiffness})
-    evaluator = Evaluator(config, resolve_device(config.stiffness.device))
-    evaluation = evaluator.evaluate(args.checkpoint)
+    from monitor.distributed.launch import Launch
+
+    launch = Launch.from_env()  # torchrun's processes; None (one process) without it
+    if launch is not None and launch.world_size > 1:
+        from monitor.distributed.engine import DistributedEngine
+        from monitor.distributed.launch import ProcessGroup
+
+        with ProcessGroup.join(launch, config.stiffness.device, args.timeout) as group:
+            engine = DistributedEngine(group, args.split)
+            evaluation = Evaluator(config, group.device, engine).evaluate(args.checkpoint)
+        if launch.rank != 0:  # every rank has the result; rank 0 alone prints it
+            return EXIT_OK
+    else:
+        evaluator = Evaluator(config, resolve_device(config.stiffness.device))
+        evaluation = evaluator.evaluate(args.checkpoint)
     if args.json:
         print(json.dumps(evaluation.to_dict(), allow_nan=False))
     else:

@@ -10,6 +10,7 @@ itself: loading lives in ``monitor.checkpoints`` and ``monitor.probe``, the numb
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from monitor.errors import CheckpointError, EngineError
 from monitor.probe.sampling import load_probe
 from monitor.stiffness import compute_stiffness
 from monitor.stiffness.engine import class_ordered
-from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.result import StiffnessResult
+
+#: What computes a result: ``compute_stiffness``, or a distributed engine with its signature.
+Engine = Callable[[torch.nn.Module, ProbeSet, EngineOptions, torch.device], StiffnessResult]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -90,8 +94,14 @@ class Evaluation:
 class Evaluator:
     """Evaluates checkpoints of one model family against one probe set."""
 
-    def __init__(self, config: MonitorConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        device: torch.device | None = None,
+        engine: Engine = compute_stiffness,
+    ) -> None:
         self.config = config
+        self._engine = engine
         self.device = device if device is not None else resolve_device(config.stiffness.device)
         self.options = config.stiffness.engine_options()
         cap_device_memory(self.device, self.options.memory_limit)
@@ -133,7 +143,7 @@ class Evaluator:
         loaded = read_checkpoint(path, self.config.checkpoint)
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
-        result = compute_stiffness(model, self.probe, self.options, self.device)
+        result = self._engine(model, self.probe, self.options, self.device)
         if self._order is not None:  # per-example values in the probe source's order again
             norms: list[float | None] = [None] * len(result.gradient_norms)
             for position, example in enumerate(self._order.tolist()):

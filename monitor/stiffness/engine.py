@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -69,7 +69,15 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
     return sorted_probe, order
 
 
-def _run_mode(
+#: One pass of a mode over the probe: ``run_mode`` here, or a distributed one
+#: (``monitor.distributed``) that forms partial sums per process and adds them up. It must
+#: leave every example's norm, loss and correctness in ``stats``.
+ModeRunner = Callable[
+    [EngineOptions, ChunkStream, ProbeLayout, ExampleStats, torch.Tensor], ModeResult
+]
+
+
+def run_mode(
     options: EngineOptions,
     stream: ChunkStream,
     layout: ProbeLayout,
@@ -131,6 +139,7 @@ def compute_stiffness(
     options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen, so a shared default is safe)
     device: torch.device | str = "cpu",
     loss: str = "cross_entropy",
+    runner: ModeRunner | None = None,
 ) -> StiffnessResult:
     """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
 
@@ -141,6 +150,9 @@ def compute_stiffness(
     everything else in float32 (``bf16`` runs the forward under autocast, gradients in
     float32). Per-example losses are the cross-entropy data loss, no regulariser.
 
+    ``runner`` replaces the one-process pass of the mode (``run_mode``); everything around
+    it (the provider, the chunking and out-of-memory retries, the result) stays the same.
+
     Raises ``ValueError`` for an unsupported loss and ``EngineError`` when the model does
     not fit the probe (output shape, targets, no selected parameter, out of memory).
     """
@@ -150,7 +162,7 @@ def compute_stiffness(
         raise EngineError("the probe set is empty")
     device = torch.device(device)
     try:
-        return _measure(model, probe, options, device)
+        return _measure(model, probe, options, device, runner or run_mode)
     except torch.cuda.OutOfMemoryError as error:  # moving the model or probe, the setup check
         raise EngineError(
             f"out of memory preparing the evaluation ({memory_note(device)}): the model, the "
@@ -160,7 +172,11 @@ def compute_stiffness(
 
 
 def _measure(
-    model: nn.Module, probe: ProbeSet, options: EngineOptions, device: torch.device
+    model: nn.Module,
+    probe: ProbeSet,
+    options: EngineOptions,
+    device: torch.device,
+    runner: ModeRunner,
 ) -> StiffnessResult:
     """``compute_stiffness`` once its arguments are checked."""
     started = time.perf_counter()
@@ -184,7 +200,7 @@ def _measure(
             stream = ChunkStream(provider, batch, configured=options.batch_size)
             stats = ExampleStats(probe.size, options.min_grad_norm)
             try:
-                part = _run_mode(options, stream, layout, stats, probe.inputs)
+                part = runner(options, stream, layout, stats, probe.inputs)
             except torch.cuda.OutOfMemoryError as error:
                 spent += stream.seconds
                 if stream.batch_size <= 1:
