@@ -79,7 +79,7 @@ def run(
     command = [sys.executable, "-m", "monitor", "evaluate", "-c", str(config), str(checkpoint)]
     if ranks > 1:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-        command = [sys.executable, *launcher, *command[2:]]
+        command = [sys.executable, *launcher, *command[1:]]
     began = time.perf_counter()
     done = subprocess.run(
         [*command, "--json"], capture_output=True, text=True, env=env, timeout=1800, check=False

@@ -66,23 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", choices=["class", "pair"], help="override stiffness.mode for this run"
     )
     evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
-    evaluate.add_argument(
-        "--split",
-        choices=["examples", "parameters"],
-        default="examples",
-        help="under torchrun: split the probe's examples (default) or the parameters across ranks",
-    )
-    evaluate.add_argument(
-        "--timeout",
-        type=float,
-        default=600.0,
-        help="under torchrun: seconds a rank waits for the others before it fails (%(default)s)",
-    )
+    _rank_flags(evaluate)
 
     watch = commands.add_parser(
         "watch", help="run the daemon: watch runs, evaluate new checkpoints, export metrics"
     )
     watch.add_argument("-c", "--config", required=True, help="the YAML config file")
+    _rank_flags(watch)
 
     backtest = commands.add_parser(
         "backtest", help="replay rules over stored results: where would they have stopped?"
@@ -108,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     _demo_parser(commands)
     return parser
+
+
+def _rank_flags(command: argparse.ArgumentParser) -> None:
+    """Flags that matter only under torchrun (docs/distributed.md)."""
+    command.add_argument(
+        "--split",
+        choices=["examples", "parameters"],
+        default="examples",
+        help="under torchrun: split the probe's examples (default) or the parameters across ranks",
+    )
+    command.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others before it fails (%(default)s)",
+    )
 
 
 def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,12 +192,12 @@ def _watch(args: argparse.Namespace) -> int:
     # loaded: seconds), SIGTERM is a clean stop: nothing has been evaluated or stored yet.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_during_start_up)
-    from monitor.daemon.loop import Daemon
+    from monitor.daemon.ranks import watch
     from monitor.logs import configure_logging
 
     config = load_config(args.config)
     configure_logging(config.logging.format, config.logging.level)
-    return Daemon(config).run()
+    return watch(config, args.split, args.timeout)  # the daemon; under torchrun, on every rank
 
 
 def _backtest(args: argparse.Namespace) -> int:

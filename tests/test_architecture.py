@@ -47,6 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         "probe",
         "checkpoints",
         "config",
+        "distributed",
         "stiffness",
     },
     "report": {"store", "config"},

@@ -9,6 +9,7 @@ that long instead of waiting forever.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,16 @@ import torch.distributed as dist
 from monitor.errors import ConfigError, EngineError
 
 DEFAULT_TIMEOUT = 600.0  # seconds; NCCL's own default, and longer than a probe's pass
+#: How long ranks other than 0 wait for the daemon's next checkpoint: training runs can go a
+#: long time between checkpoints. A rank 0 that dies closes the channel at once instead.
+IDLE_TIMEOUT = timedelta(days=365)
+
+Job = Mapping[str, str | None]  # what rank 0 tells the others to evaluate: path, run
+
+
+class RankFailure(EngineError):
+    """A collective failed: another rank failed, exited or hung. The process group cannot be
+    used again; the daemon exits so that its supervisor restarts every rank."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,20 @@ class ProcessGroup:
         self.rank, self.world_size = launch.rank, launch.world_size
         self.device, self.timeout = device, timeout
         self.backend = "nccl" if device.type == "cuda" else "gloo"
+        self._control: dist.ProcessGroup | None = None  # the daemon's channel (``control``)
+        self.broken = False  # a collective failed: the group must not be used, nor waited on
 
     @classmethod
     @contextmanager
     def join(
-        cls, launch: Launch, device_spec: str, timeout: float = DEFAULT_TIMEOUT
+        cls,
+        launch: Launch,
+        device_spec: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        control: bool = False,
     ) -> Iterator[ProcessGroup]:
-        """Join torchrun's group for the ``with`` block; leave it afterwards, even on error."""
+        """Join torchrun's group for the ``with`` block; leave it afterwards, even on error.
+        ``control`` adds the daemon's channel (``announce``/``next_job``)."""
         if timeout <= 0:
             raise ConfigError(f"--timeout: expected a positive number of seconds, got {timeout}")
         device = rank_device(device_spec, launch)
@@ -103,10 +121,13 @@ class ProcessGroup:
                 timeout=timedelta(seconds=timeout),
                 device_id=device if device.type == "cuda" else None,
             )
+            if control:
+                group._control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
         try:
             yield group
         finally:
-            dist.destroy_process_group()
+            if not group.broken:  # tearing down a group with a failed operation can block
+                dist.destroy_process_group()
 
     @contextmanager
     def collective(self, what: str) -> Iterator[None]:
@@ -114,8 +135,9 @@ class ProcessGroup:
         try:
             yield
         except RuntimeError as error:  # DistBackendError, DistNetworkError, gloo's own
+            self.broken = True
             first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-            raise EngineError(
+            raise RankFailure(
                 f"rank {self.rank} of {self.world_size}: {what} failed: another rank failed, "
                 f"exited or did not answer within the {self.timeout:g} s timeout ({first})"
             ) from error
@@ -131,6 +153,37 @@ class ProcessGroup:
         if buffer is not tensor:
             tensor.copy_(buffer)
         return tensor
+
+    def announce(self, job: Job | None) -> None:
+        """Rank 0: tell the other ranks which checkpoint to evaluate next (None: stop)."""
+        self._broadcast(json.dumps(job).encode(), "announcing the next checkpoint")
+
+    def next_job(self) -> Job | None:
+        """Other ranks: wait for rank 0's next checkpoint (None: stop)."""
+        job: Job | None = json.loads(self._broadcast(b"", "waiting for rank 0's next checkpoint"))
+        return job
+
+    def _broadcast(self, data: bytes, what: str) -> bytes:
+        """Rank 0's ``data`` on every rank, as JSON bytes (no pickle between processes)."""
+        if self._control is None:
+            raise RuntimeError("join the group with control=True to announce checkpoints")
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        with self.collective(what):
+            self._broadcast_tensor(size)
+            if self.rank == 0:
+                buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            else:
+                buffer = torch.empty(int(size.item()), dtype=torch.uint8)
+            self._broadcast_tensor(buffer)
+        return bytes(buffer.tolist())
+
+    def _broadcast_tensor(self, tensor: torch.Tensor) -> None:
+        """The others wait as long as training takes; rank 0 only ``timeout`` for them."""
+        work = dist.broadcast(tensor, src=0, group=self._control, async_op=True)
+        if self.rank == 0:
+            work.wait(timedelta(seconds=self.timeout))
+        else:
+            work.wait()
 
 
 @contextmanager
