@@ -11,7 +11,8 @@ collectives, not loading nor starting Python), the wall seconds of the whole com
 largest difference of any class-matrix entry from the one-process result. Medians of
 ``--repeats`` interleaved rounds.
 
-    python bench/distributed_speedup.py [--n 512] [--width 16] [--ranks 1 2 4] [--repeats 3]
+    python bench/distributed_speedup.py [--n 500] [--width 16] [--ranks 1 2 4] [--repeats 3]
+    python bench/distributed_speedup.py --device cuda --n 5000 --width 64 --ranks 1 2
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ probe:
   per_class: {per_class}
 stiffness:
   mode: {mode}
-  device: cpu
+  device: {device}
   batch_size: 64
 runs:
   - name: bench
@@ -55,7 +56,7 @@ runs:
 """
 
 
-def prepare(folder: Path, n: int, width: int) -> Path:
+def prepare(folder: Path, n: int, width: int, device: str) -> Path:
     torch.manual_seed(0)
     shutil.copy(BENCH / "resnet.py", folder / "resnet.py")
     model = ResNet18(classes=10, width=width)
@@ -66,7 +67,7 @@ def prepare(folder: Path, n: int, width: int) -> Path:
     inputs = torch.randn(targets.shape[0], 3, 32, 32)
     torch.save({"inputs": inputs, "targets": targets}, folder / "probe.pt")
     for mode in ("class", "pair"):
-        text = CONFIG.format(width=width, per_class=n // 10, mode=mode)
+        text = CONFIG.format(width=width, per_class=n // 10, mode=mode, device=device)
         (folder / f"{mode}.yaml").write_text(text)
     return checkpoint
 
@@ -103,10 +104,13 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["class", "pair"])
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: one GPU per rank (NCCL)"
+    )
     args = parser.parse_args()
     print(f"cores {os.cpu_count()}, torch {torch.__version__}, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = prepare(Path(folder), args.n, args.width)
+        checkpoint = prepare(Path(folder), args.n, args.width, args.device)
         for mode in args.modes:
             config = Path(folder) / f"{mode}.yaml"
             cores = os.cpu_count() or 1

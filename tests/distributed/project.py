@@ -59,7 +59,7 @@ probe:
   per_class: 10
 stiffness:
   mode: {mode}
-  device: cpu
+  device: {device}
   batch_size: 5
   uncertainty: {uncertainty}
 runs:
@@ -73,9 +73,9 @@ class Project:
     root: Path
     checkpoint: Path
 
-    def config(self, mode: str, uncertainty: bool = True) -> Path:
-        path = self.root / f"config-{mode}.yaml"
-        text = CONFIG.format(mode=mode, uncertainty=str(uncertainty).lower())
+    def config(self, mode: str, uncertainty: bool = True, device: str = "cpu") -> Path:
+        path = self.root / f"config-{mode}-{device}.yaml"
+        text = CONFIG.format(mode=mode, uncertainty=str(uncertainty).lower(), device=device)
         path.write_text(text)
         return path
 

@@ -85,14 +85,19 @@ def assert_reference(got: dict[str, Any], ref: Reference) -> None:
     assert got["counts"]["parameters"] == ref.parameters
 
 
-def evaluate(project: Project, ranks: int, mode: str, *flags: str) -> dict[str, Any]:
-    config = project.config(mode)
+def evaluate(
+    project: Project, ranks: int, mode: str, *flags: str, device: str = "cpu"
+) -> dict[str, Any]:
+    config = project.config(mode, device=device)
     ran = torchrun(ranks, "evaluate", "-c", config, project.checkpoint, "--json", *flags)
     assert ran.returncode == 0, ran.stderr[-3000:]
     lines = ran.stdout.strip().splitlines()
     assert len(lines) == 1, f"rank 0 alone prints one JSON document: {ran.stdout[:500]}"
     got = json.loads(lines[0])
-    assert_same(got, one_process(config, project.checkpoint))
+    want = dict(one_process(config, project.checkpoint))
+    if device != "cpu":  # rank 0 names its GPU (cuda:0), one process the device asked for
+        want["device"] = got["device"]
+    assert_same(got, want)
     assert_reference(got, reference(config, project.checkpoint))
     return got
 
@@ -107,6 +112,14 @@ def test_examples_split_equals_one_process(project: Project, mode: str, ranks: i
 def test_parameter_split_equals_one_process(project: Project, mode: str, ranks: int) -> None:
     got = evaluate(project, ranks, mode, "--split", "parameters")
     assert got["counts"]["parameters"] == 3 * 9 + 3 + 48 * 8 + 8 + 8 * 3 + 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two CUDA devices")
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_nccl_on_two_gpus_equals_one_process(project: Project, mode: str) -> None:
+    got = evaluate(project, 2, mode, device="cuda")
+    assert got["device"].startswith("cuda")
 
 
 def test_text_output_is_printed_once(project: Project) -> None:
