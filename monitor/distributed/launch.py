@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from monitor.errors import ConfigError, EngineError
+from monitor.errors import ConfigError, EngineError, MonitorError
 
 DEFAULT_TIMEOUT = 600.0  # seconds; NCCL's own default, and longer than a probe's pass
 #: How long ranks other than 0 wait for the daemon's next checkpoint: training runs can go a
@@ -125,6 +125,10 @@ class ProcessGroup:
                 group._control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
         try:
             yield group
+        except MonitorError as error:  # printed by every rank that meets it: say which
+            if not isinstance(error, RankFailure):
+                error.args = (f"rank {group.rank} of {group.world_size}: {error}",)
+            raise
         finally:
             if not group.broken:  # tearing down a group with a failed operation can block
                 dist.destroy_process_group()

@@ -131,7 +131,7 @@ def test_text_output_is_printed_once(project: Project) -> None:
 @pytest.mark.parametrize(
     ("fault", "says"),
     [
-        ("raise", "rank 1 was told to fail"),
+        ("raise", "error: rank 1 of 2: 'tiny_model:build': calling it with {} raised"),
         ("exit", "rank 1 exits now"),
         ("hang", "did not answer within the 5 s timeout"),
     ],
