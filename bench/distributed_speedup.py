@@ -6,8 +6,10 @@ for each mode, ``python -m monitor evaluate --json`` (one process: the baseline)
 ``torchrun --standalone --nproc_per_node R -m monitor evaluate --json`` for each R. Every rank
 has one thread (``OMP_NUM_THREADS=1``), so R ranks use R cores and the ratios measure how the
 work divides; one more baseline row runs one process with every core's thread. Reported
-per run: the engine seconds rank 0 measured (``timings.engine``: gradients, sums and the
-collectives, not loading nor starting Python), the wall seconds of the whole command, and the
+per run: the engine seconds rank 0 measured (``timings.engine``: the provider's setup checks,
+which every process pays once, the gradients, sums and collectives; not loading nor starting
+Python), of them the per-example gradient seconds (``timings.gradients``: the part split
+across ranks), the wall seconds of the whole command, and the
 largest difference of any class-matrix entry from the one-process result. Medians of
 ``--repeats`` interleaved rounds.
 
@@ -117,6 +119,7 @@ def main() -> None:
             runs = [(1, cores), *((r, 1) for r in args.ranks)]  # (ranks, threads per rank)
             engine: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
             wall: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
+            grads: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
             differences = dict.fromkeys(runs, 0.0)
             baseline: dict[str, Any] | None = None
             for _ in range(args.repeats):
@@ -124,18 +127,20 @@ def main() -> None:
                     seconds, total, result = run(ranks, threads, config, checkpoint)
                     engine[ranks, threads].append(seconds)
                     wall[ranks, threads].append(total)
+                    grads[ranks, threads].append(float(result["timings"]["gradients"]))
                     baseline = baseline or result
                     difference = largest_difference(result, baseline)
                     differences[ranks, threads] = max(differences[ranks, threads], difference)
             one = statistics.median(engine[1, 1])
             load = tuple(round(x, 2) for x in os.getloadavg())
             print(f"\n{mode} mode, ResNet-18 width {args.width}, N={args.n}, load {load}")
-            print("| ranks × threads | engine s | vs 1 × 1 | wall s | max abs Δ |")
-            print("|---|---|---|---|---|")
+            print("| ranks × threads | engine s | vs 1 × 1 | gradients s | wall s | max abs Δ |")
+            print("|---|---|---|---|---|---|")
             for ranks, threads in runs:
                 median = statistics.median(engine[ranks, threads])
                 print(
                     f"| {ranks} × {threads} | {median:.3f} | {one / median:.2f} | "
+                    f"{statistics.median(grads[ranks, threads]):.3f} | "
                     f"{statistics.median(wall[ranks, threads]):.1f} | "
                     f"{differences[ranks, threads]:.1e} |"
                 )

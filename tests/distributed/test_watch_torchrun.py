@@ -116,7 +116,6 @@ def test_rank_zero_stores_the_one_process_result_and_sigterm_stops_every_rank(
     while workers_of(config) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert workers_of(config) == [], log.read_text()[-3000:]
-    assert "evaluated" in log.read_text() or "step" in log.read_text()
 
 
 def test_a_hung_rank_makes_rank_zero_exit_1_and_say_why(project: Project) -> None:
