@@ -20,18 +20,23 @@ def address(host: str, port: int) -> str:
 
 
 def bind_failure(host: str, port: int, error: OSError) -> ConfigError:
-    """The error for a server that cannot listen on ``host:port``."""
+    """The error for a server that cannot listen on ``host:port``, naming the key to change."""
+    where = address(host, port)
     reason = error.strerror or str(error)
-    if isinstance(error, socket.gaierror):
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
-            f"metrics.host: cannot listen on {address(host, port)}: the host does not resolve "
-            f"({reason}); expected an address or name of this machine"
+            f"metrics.host: cannot listen on {where} ({reason}); expected an address or "
+            "name of this machine (127.0.0.1, 0.0.0.0, ::)"
         )
-    taken = " (another process holds it: a second daemon, or one still stopping?)"
-    hint = taken if error.errno == errno.EADDRINUSE else ""
+    if error.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"metrics.port: cannot listen on {where}: another process holds the port (a "
+            "second daemon, or one still stopping?); stop it or set metrics.port to a free "
+            "port (0 picks one)"
+        )
     return ConfigError(
-        f"metrics.port: cannot listen on {address(host, port)} ({reason}){hint}; "
-        "stop that process or set metrics.port to a free port (0 picks one)"
+        f"metrics.port: cannot listen on {where} ({reason}); expected a port this process "
+        "may bind (below 1024 needs privileges), or 0 to pick one"
     )
 
 
