@@ -154,3 +154,65 @@ def test_try_bind_releases_a_free_port_and_names_a_taken_one(listening: int) -> 
         try_bind("no-such-host.invalid", 9108)
     with pytest.raises(ConfigError, match=r"metrics.host: cannot listen on 192.0.2.1:9108 \("):
         try_bind("192.0.2.1", 9108)  # TEST-NET-1: never an address of this machine
+
+
+SCORES_MODEL = """
+from torch import nn
+
+
+class Scores(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return {"scores": self.fc(x), "features": x}
+
+
+def build():
+    return Scores()
+"""
+
+
+@pytest.mark.slow
+def test_model_output_names_the_logits_for_check_and_evaluate(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "cfg", {})
+    (config.parent / "scores_model.py").write_text(SCORES_MODEL)
+    data = yaml.safe_load(config.read_text())
+    data["model"] = {"factory": "scores_model:build"}
+    config.write_text(yaml.safe_dump(data))
+    done = run_cli("check", "-c", config)
+    assert done.returncode == EXIT_USAGE
+    assert (
+        "model.output: model output of type dict holds no logits tensor (it has keys "
+        "'scores', 'features'); set model.output to the key"
+    ) in done.stderr
+    data["model"]["output"] = "scores"
+    config.write_text(yaml.safe_dump(data))
+    assert run_cli("check", "-c", config).returncode == EXIT_OK
+    weights = save(
+        tmp_path / "step_3.pt", {"fc.weight": torch.randn(10, 64), "fc.bias": torch.randn(10)}, 3
+    )
+    done = run_cli("evaluate", "-c", config, weights, "--json")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert '"step": 3' in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_checkpoint_is_run_on_the_probe(tmp_path: Path) -> None:
+    from tests.daemon_harness import build_mlp
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.jit.script(build_mlp(hidden=8)).save(str(run / "step_1.pt"))
+    torch.jit.script(build_mlp(hidden=8, num_classes=5)).save(str(run / "step_2.pt"))
+    config = make_config(tmp_path / "cfg", {"digits": run})
+    data = yaml.safe_load(config.read_text())
+    del data["model"]  # TorchScript carries its module
+    config.write_text(yaml.safe_dump(data))
+    done = run_cli("check", "-c", config)
+    assert done.returncode == EXIT_USAGE
+    assert (
+        f"runs[0] (digits): {run / 'step_2.pt'}: probe: target class 9 but the model has 5 outputs"
+    ) in done.stderr
