@@ -29,7 +29,7 @@ _SHOWN = 8  # keys an error message lists
 def _keys_of(output: Any) -> str:
     """The keys (or public attributes, or length) ``output`` does have, for an error."""
     if isinstance(output, Mapping):
-        keys = [repr(key) for key in output]
+        keys = [repr(key)[:60] for key in output]  # a key can be any long string
         what = "keys"
     elif isinstance(output, tuple | list):
         return f"{len(output)} elements"
@@ -60,8 +60,9 @@ def _named(output: Any, field: str | int) -> Any:
             return output[field]
     elif isinstance(field, str) and hasattr(output, field):
         return getattr(output, field)
+    name = f"index {field}" if isinstance(field, int) else repr(field)
     raise EngineError(
-        f"model output of type {type(output).__name__} has no {field!r} "
+        f"model output of type {type(output).__name__} has no {name} "
         f"(it has {_keys_of(output)}); set model.output to the key, attribute or index "
         "that holds the logits"
     )

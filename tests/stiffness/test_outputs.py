@@ -120,7 +120,7 @@ def test_a_dict_without_logits_is_an_error_naming_type_and_keys() -> None:
             {"logits": LOGITS},
             "type dict has no 'scores' (it has keys 'logits')",
         ),
-        (OutputSpec(field=2), (LOGITS, HIDDEN), "type tuple has no 2 (it has 2 elements)"),
+        (OutputSpec(field=2), (LOGITS, HIDDEN), "type tuple has no index 2 (it has 2 elements)"),
         (
             OutputSpec(field="scores"),
             WithLogits(LOGITS),
@@ -129,7 +129,7 @@ def test_a_dict_without_logits_is_an_error_naming_type_and_keys() -> None:
         (
             OutputSpec(field=1),
             SequenceClassifierOutput(logits=LOGITS),
-            "SequenceClassifierOutput has no 1 (it has keys 'logits')",
+            "SequenceClassifierOutput has no index 1 (it has keys 'logits')",
         ),
         (OutputSpec(), object(), "type object holds no logits tensor (it has no attributes)"),
         (OutputSpec(), (), "type tuple holds no logits tensor (it has 0 elements)"),
