@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, EngineError, MonitorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    except OSError as exc:  # e.g. the metrics port is taken, the store folder unwritable
+    except OSError as exc:  # e.g. the store folder unwritable
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -196,7 +196,7 @@ def parse_rules(data: Any, source: Path | str, text: str | None = None) -> RuleS
         return RuleSet.model_validate({**data, "source": str(source)})
     except ValidationError as exc:
         raise ConfigError(
-            describe_validation_error(exc, Path(str(source)), text, RULE_KINDS)
+            describe_validation_error(exc, Path(str(source)), text, RULE_KINDS, RuleSet)
         ) from None
 
 
