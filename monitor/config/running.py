@@ -44,12 +44,15 @@ class WatchConfig(Section):
 
 class StopConfig(Section):
     file: str = "{run_dir}/STOP"
+    best_file: str | None = "{run_dir}/best_checkpoint.json"  # None: not written
     on_stop: list[str] | None = Field(None, min_length=1)
     on_stop_timeout: float = Field(30.0, gt=0)
 
-    @field_validator("file")
+    @field_validator("file", "best_file")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _known_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         # Plain fields only: a format spec such as {run_dir:>2000000000} would build gigabytes.
         try:
             fields = [item[1:] for item in string.Formatter().parse(value) if item[1] is not None]

@@ -169,6 +169,7 @@ class Daemon:
                 self._stop.wait(min(wait, TAKE_TIMEOUT))
                 continue
             try:
+                self.rules.follow_attempts()  # a reset by hand, from another process
                 for decisions in self.rules.decisions.values():  # stop files not written yet
                     decisions.retry_pending_stop()
                 busy = self._turn(store, evaluator)
