@@ -1,0 +1,129 @@
+"""TensorBoard for every run: each evaluation written once its rules have judged it.
+
+The daemon wires; ``monitor.exporter.tensorboard`` writes. What is written is what the store
+holds: the stored evaluation, the verdicts stored for it and the run's stored stop, so the
+charts and ``backtest``/``report`` never disagree. At start-up each run's folder is read back
+and the stored evaluations whose step it lacks are written (a crash between storing and
+writing, or ``tensorboard.enabled`` turned on for a run with a history); steps already there
+are never written again, so a restarted daemon adds no duplicate points. An evaluation without
+a step has no place on TensorBoard's axis and is left out (logged once per run).
+
+Writing must never break the daemon: a failure (full disk, permissions, a symlink planted
+where the folder should be) costs one log line per run, while it lasts, and one count per
+evaluation not written (``stiffness_tensorboard_write_failures_total``); the evaluation is
+stored all the same, and the next evaluation tries again on a fresh file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from monitor.config.schema import MonitorConfig
+from monitor.evaluation.evaluator import Evaluation
+from monitor.exporter.metrics import MonitorMetrics
+from monitor.exporter.tensorboard import BoardEntry, BoardWriter, TensorBoardError, written_steps
+from monitor.store.store import Store, StoredStop
+
+log = logging.getLogger("monitor.tensorboard")
+
+
+class Boards:
+    """One ``BoardWriter`` per run while ``tensorboard.enabled``; nothing at all otherwise."""
+
+    def __init__(self, config: MonitorConfig, metrics: MonitorMetrics) -> None:
+        self._metrics = metrics
+        self._writers: dict[str, BoardWriter] = {}
+        if config.tensorboard.enabled:
+            self._writers = {run.name: BoardWriter(config.tensorboard_dir(run))
+                             for run in config.runs}  # fmt: skip
+        self._failing: set[str] = set()  # runs whose last write failed: said once, until healed
+        self._stepless: set[str] = set()
+
+    def start(self, store: Store) -> None:
+        """Write every stored evaluation whose step the run's folder does not hold yet."""
+        for run, writer in self._writers.items():
+            try:
+                done = written_steps(writer.folder)
+            except TensorBoardError as error:  # unreadable: writing again could only duplicate
+                self._failed(run, error)
+                continue
+            stored_runs = store.evaluations(run)
+            missing = [e for e in stored_runs if e.step is not None and e.step not in done]
+            if not missing:
+                continue
+            stop = store.stop_for(run)
+            verdicts = _verdicts_by_evaluation(store, run)
+            for stored in missing:
+                assert stored.step is not None
+                entry = _entry(stored.id, stored.step, stored.result, verdicts.get(stored.id), stop)
+                if not self._write(run, writer, entry):
+                    break
+            else:
+                log.info("tensorboard: wrote %d stored evaluation(s) of run %s to %s",
+                         len(missing), run, writer.folder)  # fmt: skip
+
+    def evaluated(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
+        """Write one stored evaluation, after its rules have judged it."""
+        run = evaluation.run or ""
+        writer = self._writers.get(run)
+        if writer is None:
+            return
+        if evaluation.step is None:
+            if run not in self._stepless:
+                self._stepless.add(run)
+                log.info("tensorboard: %s has no step; evaluations without one are not written",
+                         evaluation.checkpoint)  # fmt: skip
+            return
+        verdicts = {d.rule: d.stop for d in store.decisions(run, evaluation_id)}
+        entry = _entry(evaluation_id, evaluation.step, evaluation.to_dict(), verdicts,
+                       store.stop_for(run))  # fmt: skip
+        self._write(run, writer, entry)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+    def _write(self, run: str, writer: BoardWriter, entry: BoardEntry) -> bool:
+        try:
+            writer.write(entry)
+        except TensorBoardError as error:
+            self._failed(run, error)
+            return False
+        if run in self._failing:
+            self._failing.discard(run)
+            log.info("tensorboard: writing run %s to %s again", run, writer.folder)
+        return True
+
+    def _failed(self, run: str, error: TensorBoardError) -> None:
+        self._metrics.count_tensorboard_failure(run)
+        if run in self._failing:
+            log.debug("tensorboard: still not written: %s", error)
+            return
+        self._failing.add(run)
+        log.error("tensorboard: events of run %s not written: %s; the evaluations are stored, "
+                  "and the next one tries again", run, error)  # fmt: skip
+
+
+def _verdicts_by_evaluation(store: Store, run: str) -> dict[int, dict[str, bool]]:
+    """The stored verdicts of every evaluation of ``run`` (the latest per rule)."""
+    verdicts: dict[int, dict[str, bool]] = {}
+    for decision in store.decisions(run):
+        verdicts.setdefault(decision.evaluation_id, {})[decision.rule] = decision.stop
+    return verdicts
+
+
+def _entry(
+    evaluation_id: int,
+    step: int,
+    result: Mapping[str, Any],
+    verdicts: Mapping[str, bool] | None,
+    stop: StoredStop | None,
+) -> BoardEntry:
+    """Evaluation ids grow in evaluation order, so the stop is raised at every later one."""
+    stopped = stop is not None and evaluation_id >= stop.evaluation_id
+    reason = None
+    if stop is not None and evaluation_id == stop.evaluation_id:
+        reason = f"rule {stop.rule}: {stop.reason}"
+    return BoardEntry(step, result, dict(verdicts or {}), stopped, reason)
