@@ -9,9 +9,10 @@ are never written again, so a restarted daemon adds no duplicate points. An eval
 a step has no place on TensorBoard's axis and is left out (logged once per run).
 
 Writing must never break the daemon: a failure (full disk, permissions, a symlink planted
-where the folder should be) costs one log line per run, while it lasts, and one count per
-evaluation not written (``stiffness_tensorboard_write_failures_total``); the evaluation is
-stored all the same, and the next evaluation tries again on a fresh file.
+where the folder should be) costs one log line per run while it lasts, and one count per
+failed write (``stiffness_tensorboard_write_failures_total``: one per evaluation while the
+folder stays broken); the evaluation is stored all the same. The next evaluation tries again,
+on a fresh file, and writes every stored evaluation the folder lacks: nothing is missed.
 """
 
 from __future__ import annotations
@@ -43,29 +44,12 @@ class Boards:
 
     def start(self, store: Store) -> None:
         """Write every stored evaluation whose step the run's folder does not hold yet."""
-        for run, writer in self._writers.items():
-            try:
-                done = written_steps(writer.folder)
-            except TensorBoardError as error:  # unreadable: writing again could only duplicate
-                self._failed(run, error)
-                continue
-            stored_runs = store.evaluations(run)
-            missing = [e for e in stored_runs if e.step is not None and e.step not in done]
-            if not missing:
-                continue
-            stop = store.stop_for(run)
-            verdicts = _verdicts_by_evaluation(store, run)
-            for stored in missing:
-                assert stored.step is not None
-                entry = _entry(stored.id, stored.step, stored.result, verdicts.get(stored.id), stop)
-                if not self._write(run, writer, entry):
-                    break
-            else:
-                log.info("tensorboard: wrote %d stored evaluation(s) of run %s to %s",
-                         len(missing), run, writer.folder)  # fmt: skip
+        for run in self._writers:
+            self._catch_up(store, run)
 
     def evaluated(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
-        """Write one stored evaluation, after its rules have judged it."""
+        """Write one stored evaluation, after its rules have judged it; after a failure, every
+        stored evaluation the folder lacks (this one included)."""
         run = evaluation.run or ""
         writer = self._writers.get(run)
         if writer is None:
@@ -76,6 +60,9 @@ class Boards:
                 log.info("tensorboard: %s has no step; evaluations without one are not written",
                          evaluation.checkpoint)  # fmt: skip
             return
+        if run in self._failing:
+            self._catch_up(store, run)
+            return
         verdicts = {d.rule: d.stop for d in store.decisions(run, evaluation_id)}
         entry = _entry(evaluation_id, evaluation.step, evaluation.to_dict(), verdicts,
                        store.stop_for(run))  # fmt: skip
@@ -84,6 +71,28 @@ class Boards:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+
+    def _catch_up(self, store: Store, run: str) -> None:
+        writer = self._writers[run]
+        try:
+            done = written_steps(writer.folder)
+        except TensorBoardError as error:  # unreadable: writing again could only duplicate
+            self._failed(run, error)
+            return
+        stored = store.evaluations(run)
+        missing = [e for e in stored if e.step is not None and e.step not in done]
+        if not missing:
+            return
+        stop = store.stop_for(run)
+        verdicts = _verdicts_by_evaluation(store, run)
+        for evaluation in missing:
+            assert evaluation.step is not None
+            entry = _entry(evaluation.id, evaluation.step, evaluation.result,
+                           verdicts.get(evaluation.id), stop)  # fmt: skip
+            if not self._write(run, writer, entry):
+                return
+        log.info("tensorboard: wrote %d stored evaluation(s) of run %s to %s",
+                 len(missing), run, writer.folder)  # fmt: skip
 
     def _write(self, run: str, writer: BoardWriter, entry: BoardEntry) -> bool:
         try:
@@ -103,7 +112,8 @@ class Boards:
             return
         self._failing.add(run)
         log.error("tensorboard: events of run %s not written: %s; the evaluations are stored, "
-                  "and the next one tries again", run, error)  # fmt: skip
+                  "and are written once the next evaluation finds the folder writable", run,
+                  error)  # fmt: skip
 
 
 def _verdicts_by_evaluation(store: Store, run: str) -> dict[int, dict[str, bool]]:

@@ -5,9 +5,10 @@ evaluation (the ``evaluate --json`` object the store keeps), what each rule said
 whether the run's stop is raised. Tags (the README lists them):
 
 - ``stiffness/<pair set>/<metric>``: ``within_class``, ``between_class`` and their
-  ``_pooled`` forms, ``sign_`` ones in pair mode, and ``critical_length``, per pair set
-  (``val-val``: the held-out probe, the whole probe when it has no split; ``train-val`` and
-  ``train-train`` when it has a training split), named as the rules name their metrics;
+  ``_pooled`` forms, ``sign_`` ones in pair mode, per pair set (``val-val``: the held-out
+  probe, the whole probe when it has no split; ``train-val`` and ``train-train`` when it has
+  a training split), named as the rules name their metrics; and, in pair mode,
+  ``stiffness/val-val/critical_length``;
 - ``probe/loss``, ``probe/accuracy`` (and ``probe/train_loss``, ``probe/train_accuracy``);
 - ``rules/<rule>``: 1 when the rule says stop at this evaluation, else 0;
 - ``stop/raised``: 1 from the evaluation that raised the run's stop on, else 0; written last,
@@ -16,16 +17,22 @@ whether the run's stop is raised. Tags (the README lists them):
 
 Undefined values (null in the store) are left out: TensorBoard has no null, and a NaN would
 wreck a chart's scale. Files are named ``events.out.tfevents.*.stiffness-monitor``, so a user
-may point ``tensorboard.dir`` at a folder their trainer writes to. The writer is torch's
-``SummaryWriter`` (the ``tensorboard`` package underneath), imported only when a run is first
+may point ``tensorboard.dir`` at a folder their trainer writes to. The events are what
+``SummaryWriter`` would write (its summary functions, TensorBoard's record format), written
+synchronously by ``BoardWriter``; ``tensorboard`` is imported only when a run is first
 written. Any failure comes out as one ``TensorBoardError``; the caller logs and counts it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
+import itertools
 import os
+import socket
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +44,7 @@ from numpy.typing import NDArray
 from monitor.exporter.heatmap import matrix_image
 
 SUFFIX = ".stiffness-monitor"
+_COUNTER = itertools.count()  # files opened by this process: names stay unique within a second
 STOP_TAG = "stop/raised"
 _SUMMARIES = (
     ("within", "within_class"),
@@ -153,30 +161,68 @@ def _checked_folder(folder: Path) -> None:
         raise TensorBoardError(f"{folder}: expected a folder, got another kind of file")
 
 
+def encode(entry: BoardEntry) -> bytes:
+    """The entry's events as TFRecords: images, the stop reason, then the scalars, so that
+    ``STOP_TAG`` comes last. Summaries are built by torch's ``torch.utils.tensorboard.summary``
+    (what ``SummaryWriter.add_*`` calls) and framed by TensorBoard's own ``RecordWriter``."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    build: Any = importlib.import_module("torch.utils.tensorboard.summary")  # untyped
+    buffer = io.BytesIO()
+    records = RecordWriter(buffer)
+    now = time.time()
+    pictures = images(entry.result).items()
+    summaries = [build.image(tag, picture, dataformats="HWC") for tag, picture in pictures]
+    if entry.stop_reason:
+        summaries.append(build.text("stop/reason", entry.stop_reason))
+    summaries.extend(build.scalar(tag, value) for tag, value in scalars(entry).items())
+    for summary in summaries:
+        records.write(Event(wall_time=now, step=entry.step, summary=summary).SerializeToString())
+    return buffer.getvalue()
+
+
+def _file_header() -> bytes:
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    RecordWriter(buffer).write(
+        Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()
+    )
+    return buffer.getvalue()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class BoardWriter:
-    """One run's event files. The file is opened on the first write; after a failure it is
-    closed, and the next write opens a new one (a full disk that frees up heals by itself)."""
+    """One run's event file, written synchronously: ``SummaryWriter`` writes on a thread of its
+    own, where a full disk kills the thread with a traceback on stderr and leaves half an entry
+    behind. Here a failed entry is cut off again (the file ends on a whole entry), the file is
+    closed, and the next write opens a new one; a disk that frees up heals by itself."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._writer: Any = None
+        self._fd: int | None = None
 
     def write(self, entry: BoardEntry) -> None:
-        """Write and flush one entry; raises ``TensorBoardError`` (the writer is then closed)."""
+        """Write one entry; raises ``TensorBoardError`` (the file is then closed)."""
         try:
-            if self._writer is None:
-                _checked_folder(self.folder)
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.folder), filename_suffix=SUFFIX)
-            writer, step = self._writer, entry.step
-            for tag, picture in images(entry.result).items():
-                writer.add_image(tag, picture, step, dataformats="HWC")
-            if entry.stop_reason:
-                writer.add_text("stop/reason", entry.stop_reason, step)
-            for tag, value in scalars(entry).items():  # STOP_TAG last: the entry is whole
-                writer.add_scalar(tag, value, step)
-            writer.flush()
+            data = encode(entry)
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                _write_all(self._fd, data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, end)
+                raise
         except Exception as error:
             self.close()
             if isinstance(error, TensorBoardError):
@@ -184,8 +230,27 @@ class BoardWriter:
             raise TensorBoardError(f"{self.folder}: {type(error).__name__}: {error}") from error
 
     def close(self) -> None:
-        """Flush and close the file, if one is open; a failure here is already past helping."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.close()
+        """Close the file, if one is open (the data is already with the OS)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _open(self) -> None:
+        """A new file of our own: never an existing one, never through a symlink."""
+        _checked_folder(self.folder)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+            f"{next(_COUNTER)}{SUFFIX}"
+        )
+        path = self.folder / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o644)
+        try:
+            _write_all(fd, _file_header())
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd = fd

@@ -7,8 +7,11 @@ reads it, never by parsing the files ourselves.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +51,9 @@ def result(shift: float, *, accuracy: float | None = 0.75) -> dict[str, Any]:
         probe_accuracy=accuracy,
         cosine=stiffness(shift),
         sign=stiffness(-shift),
-        counts=Counts(examples=6, per_class=(2, 2, 2), zero_gradient=0, train_examples=6,
-                      parameters=10),  # fmt: skip
+        counts=Counts(
+            examples=6, per_class=(2, 2, 2), zero_gradient=0, train_examples=6, parameters=10
+        ),
         gradient_norms=(1.0,) * 6,
         pair_sets={"train-val": PairSetStiffness(stiffness(2 * shift), stiffness(shift))},
         distance=DistanceProfile((0.0, 1.0), (0.5,), (0.1,), (3,), (4,), 0.375),
@@ -75,8 +79,12 @@ def f32(value: float) -> float:
 
 def expected_scalars(data: Mapping[str, Any]) -> dict[str, float]:
     """What the store's JSON says each tag must hold (defined values only)."""
-    names = {"within": "within_class", "between": "between_class",
-             "within_pooled": "within_class_pooled", "between_pooled": "between_class_pooled"}  # fmt: skip
+    names = {
+        "within": "within_class",
+        "between": "between_class",
+        "within_pooled": "within_class_pooled",
+        "between_pooled": "between_class_pooled",
+    }
     sets = {"val-val": data, **data["pair_sets"]}
     found: dict[str, float | None] = {}
     for pair_set, node in sets.items():
@@ -84,8 +92,13 @@ def expected_scalars(data: Mapping[str, Any]) -> dict[str, float]:
             for key, name in names.items():
                 found[f"stiffness/{pair_set}/{prefix}{name}"] = node[kind][key]
     found["stiffness/val-val/critical_length"] = data["distance"]["critical_length"]
-    for key, tag in (("probe_loss", "loss"), ("probe_accuracy", "accuracy"),
-                     ("train_probe_loss", "train_loss"), ("train_probe_accuracy", "train_accuracy")):  # fmt: skip
+    probe = {
+        "probe_loss": "loss",
+        "probe_accuracy": "accuracy",
+        "train_probe_loss": "train_loss",
+        "train_probe_accuracy": "train_accuracy",
+    }
+    for key, tag in probe.items():
         found[f"probe/{tag}"] = data[key]
     return {tag: value for tag, value in found.items() if value is not None}
 
@@ -171,3 +184,48 @@ def test_an_unwritable_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(TensorBoardError, match="stiffness-monitor"):
         writer.write(BoardEntry(1, result(0.0)))
     writer.close()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled to the last byte by ``filler`` (needs root; else skipped)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    tool = shutil.which("mount")
+    if os.geteuid() != 0 or tool is None:
+        pytest.skip("mounting a tiny tmpfs needs root and mount(8)")
+    done = subprocess.run([tool, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        (mount / "run").mkdir()
+        with open(mount / "filler", "wb") as handle, contextlib.suppress(OSError):
+            handle.write(b"\0" * (1 << 20))
+            handle.flush()
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_an_error_and_leaves_only_whole_entries(full_disk: Path) -> None:
+    folder = full_disk / "run" / "stiffness-monitor"
+    writer = BoardWriter(folder)
+    with pytest.raises(TensorBoardError, match="No space left"):
+        writer.write(BoardEntry(1, result(0.0)))
+    assert list(folder.iterdir()) == []  # not even the header: the new file is removed again
+    filler = full_disk / "filler"
+    os.truncate(filler, filler.stat().st_size - 4096)  # a page: the header fits, the entry not
+    long_reason = "rule drop: " + "x" * 20_000
+    with pytest.raises(TensorBoardError, match="No space left"):
+        writer.write(BoardEntry(2, result(0.0), {"drop": True}, True, long_reason))
+    [partial] = folder.iterdir()
+    assert partial.stat().st_size == 40  # cut back to the file's header: no half entry
+    assert written_steps(folder) == set()
+    filler.unlink()  # space again: the next write works, on a new file
+    writer.write(BoardEntry(2, result(0.0), {"drop": True}, True, long_reason))
+    writer.close()
+    events = read(folder)
+    assert scalar_series(events, "rules/drop") == [(2, 1.0)]
+    assert len(events.Tensors("stop/reason/text_summary")) == 1
+    assert written_steps(folder) == {2}
