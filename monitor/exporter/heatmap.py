@@ -25,15 +25,15 @@ UNDEFINED = np.array([160.0, 160.0, 160.0])  # grey: no value
 
 
 def _as_array(matrix: Sequence[Sequence[float | None]]) -> NDArray[np.float64]:
-    """NaN where the matrix holds None (or a non-number)."""
-    size = len(matrix)
-    values = np.full((size, size), np.nan)
-    for a, row in enumerate(matrix):
-        if len(row) != size:
-            raise ValueError(f"expected a square matrix, got row {a} of length {len(row)}")
-        for b, value in enumerate(row):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values[a, b] = float(value)
+    """NaN where the matrix holds None (numpy's own conversion: fast for a thousand classes)."""
+    try:
+        values = np.array(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"expected a square matrix of numbers or nulls ({error})") from None
+    if values.size == 0:
+        raise ValueError("expected a matrix of at least one class, got an empty one")
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {values.shape}")
     return values
 
 
@@ -64,8 +64,6 @@ def matrix_image(matrix: Sequence[Sequence[float | None]]) -> NDArray[np.uint8]:
     """The (H, W, 3) uint8 picture of a square stiffness matrix (see the module docstring)."""
     values = _as_array(matrix)
     size = values.shape[0]
-    if size == 0:
-        raise ValueError("expected a matrix of at least one class, got an empty one")
     if size > TARGET:
         values = _pooled(values, math.ceil(size / TARGET))
     cell = max(1, TARGET // values.shape[0])

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +142,37 @@ def assert_board_holds_the_store(folder: Path, config: Path) -> None:
         assert all(image.width == image.height == 250 for image in images)  # 10 classes
 
 
+def served_scalars(logdir: Path, tag: str, want: int) -> tuple[list[str], list[list[float]]]:
+    """The runs a real ``tensorboard --logdir`` finds, and one tag's points once it holds
+    ``want`` of them: what a user sees who points TensorBoard at the run folder."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", "0",
+         "--host", "127.0.0.1", "--reload_interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        url = ""
+        for line in server.stdout:  # "TensorBoard 2.x at http://127.0.0.1:PORT/ (Press ..."
+            if match := re.search(r"at (http://\S+/) ", line):
+                url = match.group(1)
+                break
+        assert url, "tensorboard printed no URL"
+
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(url + path, timeout=10) as response:
+                return json.loads(response.read())
+
+        query = urllib.parse.urlencode({"run": "stiffness-monitor", "tag": tag})
+        points = wait_for(lambda: len(get(f"data/plugin/scalars/scalars?{query}")) == want
+                          and get(f"data/plugin/scalars/scalars?{query}"),
+                          what=f"{want} points of {tag} served")  # fmt: skip
+        return get("data/runs"), points
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_each_evaluation_is_written_as_stored_and_a_restart_adds_no_duplicates(
     tmp_path: Path,
 ) -> None:
@@ -158,6 +194,9 @@ def test_each_evaluation_is_written_as_stored_and_a_restart_adds_no_duplicates(
     assert_board_holds_the_store(folder, config)  # 10 and 20 once each, 30 added
     assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # one file per daemon
     assert "tensorboard" not in again.log  # nothing to write at start-up, nothing failed
+    runs, points = served_scalars(run_dir, "stop/raised", 3)
+    assert runs == ["stiffness-monitor"]
+    assert [(step, value) for _, step, value in points] == [(10, 0.0), (20, 1.0), (30, 1.0)]
 
 
 def test_off_by_config_writes_nothing_and_turning_it_on_writes_the_stored_history(

@@ -51,8 +51,8 @@ def test_a_large_matrix_is_averaged_in_blocks_down_to_a_small_picture() -> None:
 
 @pytest.mark.parametrize(
     ("matrix", "fragment"),
-    [([], "at least one class"), ([[1.0, 0.0]], "square")],
-    ids=["empty", "ragged"],
+    [([], "at least one class"), ([[1.0, 0.0]], "square"), ([[1.0, 0.0], [1.0]], "square")],
+    ids=["empty", "wide", "ragged"],
 )
 def test_what_is_not_a_square_matrix_is_refused(
     matrix: list[list[float | None]], fragment: str
