@@ -17,15 +17,16 @@ on a fresh file, and writes every stored evaluation the folder lacks: nothing is
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from monitor.config.schema import MonitorConfig
 from monitor.evaluation.evaluator import Evaluation
 from monitor.exporter.metrics import MonitorMetrics
 from monitor.exporter.tensorboard import BoardEntry, BoardWriter, TensorBoardError, written_steps
-from monitor.store.store import Store, StoredStop
+from monitor.store.store import Store, StoredStop, StoreError
 
 log = logging.getLogger("monitor.tensorboard")
 
@@ -45,15 +46,33 @@ class Boards:
     def start(self, store: Store) -> None:
         """Write every stored evaluation whose step the run's folder does not hold yet."""
         for run in self._writers:
-            self._catch_up(store, run)
+            with self._guarded(run):
+                self._catch_up(store, run)
 
     def evaluated(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
         """Write one stored evaluation, after its rules have judged it; after a failure, every
-        stored evaluation the folder lacks (this one included)."""
+        stored evaluation the folder lacks (this one included). Only a ``StoreError`` comes
+        out: the held write is then retried, as every store read and write is."""
         run = evaluation.run or ""
-        writer = self._writers.get(run)
-        if writer is None:
-            return
+        if run in self._writers:
+            with self._guarded(run):
+                self._evaluated(store, run, evaluation_id, evaluation)
+
+    @contextlib.contextmanager
+    def _guarded(self, run: str) -> Iterator[None]:
+        """Whatever else goes wrong (a bug, a result it cannot read) is a failed write."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as error:
+            log.debug("tensorboard failed", exc_info=True)
+            self._failed(run, TensorBoardError(f"{type(error).__name__}: {error}"))
+
+    def _evaluated(
+        self, store: Store, run: str, evaluation_id: int, evaluation: Evaluation
+    ) -> None:
+        writer = self._writers[run]
         if evaluation.step is None:
             if run not in self._stepless:
                 self._stepless.add(run)

@@ -146,8 +146,8 @@ class MonitorMetrics:
         )
         self.tensorboard_failures = counter(
             "stiffness_tensorboard_write_failures",
-            "Evaluations stored but not written to TensorBoard (full disk, permissions, a "
-            "symlink where the folder should be)",
+            "TensorBoard writes that failed (full disk, permissions, a symlink where the folder "
+            "should be); the evaluations stay stored and are written once a write works again",
         )
         self.duration = Histogram(
             "stiffness_evaluation_duration_seconds",
