@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from monitor.config.schema import MonitorConfig
@@ -43,11 +43,12 @@ class Boards:
         self._failing: set[str] = set()  # runs whose last write failed: said once, until healed
         self._stepless: set[str] = set()
 
-    def start(self, store: Store) -> None:
-        """Write every stored evaluation whose step the run's folder does not hold yet."""
+    def start(self, store: Store, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Write every stored evaluation whose step the run's folder does not hold yet; a long
+        history (TensorBoard just turned on) gives way to a stop request between entries."""
         for run in self._writers:
             with self._guarded(run):
-                self._catch_up(store, run)
+                self._catch_up(store, run, stopping)
 
     def evaluated(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
         """Write one stored evaluation, after its rules have judged it; after a failure, every
@@ -91,7 +92,9 @@ class Boards:
         for writer in self._writers.values():
             writer.close()
 
-    def _catch_up(self, store: Store, run: str) -> None:
+    def _catch_up(
+        self, store: Store, run: str, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         writer = self._writers[run]
         try:
             done = written_steps(writer.folder)
@@ -105,6 +108,8 @@ class Boards:
         stop = store.stop_for(run)
         verdicts = _verdicts_by_evaluation(store, run)
         for evaluation in missing:
+            if stopping():
+                return  # the rest is written at the next start
             assert evaluation.step is not None
             entry = _entry(evaluation.id, evaluation.step, evaluation.result,
                            verdicts.get(evaluation.id), stop)  # fmt: skip

@@ -137,7 +137,7 @@ class Daemon:
                 for run in config.runs:
                     self.metrics.add_run(run.name)
                 self.rules.start(store)
-                self.boards.start(store)
+                self.boards.start(store, self._stop.is_set)
                 watchers.start()
                 self.health.start()
                 self.metrics.set_ready(self.health.is_ready())
