@@ -68,10 +68,14 @@ def expand_path_template(template: str, run: RunConfig, base_dir: Path) -> Path:
 
 class StopConfig(Section):
     file: str = "{run_dir}/STOP"
+    best_file: str | None = "{run_dir}/best_checkpoint.json"  # None: not written
     on_stop: list[str] | None = Field(None, min_length=1)
     on_stop_timeout: float = Field(30.0, gt=0)
 
-    _known_fields = field_validator("file")(path_template)
+    @field_validator("file", "best_file")
+    @classmethod
+    def _known_fields(cls, value: str | None) -> str | None:
+        return None if value is None else path_template(value)
 
 
 class TensorBoardConfig(Section):

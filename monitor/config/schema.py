@@ -138,7 +138,9 @@ def parse_config(data: Any, source: Path, text: str | None = None) -> MonitorCon
             {**data, "source": source}, context={"base_dir": source.parent}
         )
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source, text)) from None
+        raise ConfigError(
+            describe_validation_error(exc, source, text, model=MonitorConfig)
+        ) from None
 
 
 def load_config(path: str | Path) -> MonitorConfig:

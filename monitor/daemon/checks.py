@@ -1,8 +1,10 @@
-"""``check``: everything that can be validated before the first checkpoint exists.
+"""``check``: everything that can be validated before the daemon starts.
 
 A sidecar that dies on its first checkpoint, hours into a run, because of a typo in its
-config is worse than useless; ``check`` finds such problems at deploy time. It keeps going
-after the first problem so the operator sees all of them at once.
+config is worse than useless; ``check`` finds such problems at deploy time: the config and
+rules, the model against the probe, the newest checkpoint of each run loaded into the model
+(``newest_checkpoints``), and the metrics port, bound and released. It keeps going after the
+first problem so the operator sees all of them at once.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from pathlib import Path
 
 import torch
 
-from monitor.config.factory import add_import_path, build_model, standard_library_factory
+from monitor.config.factory import (
+    add_import_path,
+    build_model,
+    output_spec,
+    standard_library_factory,
+)
 from monitor.config.quoting import cut, short
 from monitor.config.schema import MonitorConfig, load_config
+from monitor.daemon.newest_checkpoints import check_newest_checkpoints
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
+from monitor.exporter.binding import try_bind
 from monitor.probe.sampling import load_probe
 from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
 from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.outputs import OutputSpec
 
 
 @dataclass
@@ -29,27 +39,35 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_output(model: torch.nn.Module, probe: ProbeSet, source: Path) -> str | None:
-    """Run two probe examples through the model: the output must be (B, classes) logits."""
+def _check_output(model: torch.nn.Module, probe: ProbeSet, spec: OutputSpec) -> str | None:
+    """Run two probe examples through the model: the output must hold (B, classes) logits
+    where ``model.output``/``model.output_fn`` say (the engine's own reading of it)."""
     model.eval()
     try:
         with torch.no_grad():
             output = model(probe.inputs[:2])
     except Exception as exc:  # the operator's model on the operator's probe
         failure = f"{type(exc).__name__}: {cut(str(exc))}"
-        return f"{source}: model.factory: the model fails on probe inputs: {failure}"
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    logits = getattr(output, "logits", output)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        return f"{source}: model.factory: expected (batch, classes) logits, got {shape}"
+        return f"model.factory: the model fails on probe inputs: {failure}"
+    try:
+        logits = spec.logits(output)
+    except EngineError as exc:
+        return f"model.output: {exc}"
     largest = max(probe.classes)
     if largest >= logits.shape[1]:
-        return (
-            f"{source}: probe: target class {largest} but the model has {logits.shape[1]} outputs"
-        )
+        return f"probe: target class {largest} but the model has {logits.shape[1]} outputs"
     return None
+
+
+def _check_port(config: MonitorConfig, report: CheckReport) -> None:
+    """Bind the metrics port and release it: a taken port is a problem now, not at start-up."""
+    metrics = config.metrics
+    if not metrics.enabled or metrics.port == 0:
+        return
+    try:
+        try_bind(metrics.host, metrics.port)
+    except ConfigError as exc:
+        report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
 
 
 def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
@@ -126,6 +144,11 @@ def run_checks(config_path: str | Path) -> CheckReport:
         report.problems.extend(exc.problems)
     add_import_path(config.base_dir)
     _check_factory_origins(config, report)
+    spec = OutputSpec()
+    try:
+        spec = output_spec(config.model.output, config.model.output_fn)
+    except ModelFactoryError as exc:
+        report.problems.append(f"{source}: {exc}")
     model = None
     if config.model.factory is None:
         report.notes.append("model       none configured: only TorchScript/export checkpoints")
@@ -145,9 +168,15 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
     if model is not None and probe is not None:
-        problem = _check_output(model, probe, source)
+        problem = _check_output(model, probe, spec)
         if problem:
-            report.problems.append(problem)
+            report.problems.append(f"{source}: {problem}")
+    if model is not None or config.model.factory is None:  # a broken factory: said above
+        check_newest_checkpoints(
+            config, model,
+            lambda module: None if probe is None else _check_output(module, probe, spec),
+            report.problems, report.warnings, report.notes,
+        )  # fmt: skip
     try:
         from monitor.evaluation.evaluator import resolve_device
 
@@ -155,5 +184,6 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except EngineError as exc:
         report.problems.append(f"{source}: {exc}")
     _check_paths(config, report)
+    _check_port(config, report)
     _check_tensorboard(config, report)
     return report

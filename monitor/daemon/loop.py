@@ -32,7 +32,7 @@ from monitor.daemon.run_rules import RunRules
 from monitor.daemon.store_guard import StoreGuard
 from monitor.daemon.watchers import Watchers
 from monitor.daemon.work_queue import CheckpointQueue, Taken
-from monitor.errors import CheckpointError, EngineError
+from monitor.errors import CheckpointError, ConfigError, EngineError
 from monitor.evaluation.evaluator import Evaluation, Evaluator
 from monitor.exporter.metrics import MonitorMetrics
 from monitor.exporter.server import MetricsServer
@@ -125,8 +125,13 @@ class Daemon:
         try:
             if config.metrics.enabled:  # first, so /healthz answers while the model loads
                 health = self.health
-                server = MetricsServer(self.metrics.registry, health.is_ready, config.metrics,
-                                       is_live=health.is_live).start()  # fmt: skip
+                try:
+                    server = MetricsServer(
+                        self.metrics.registry, health.is_ready, config.metrics,
+                        is_live=health.is_live,
+                    ).start()  # fmt: skip
+                except ConfigError as error:  # a taken port, unreadable TLS files: exit 2
+                    raise ConfigError(f"{config.source}: {error}") from None
                 self.metrics_port = server.port
                 log.info("metrics on %s", server.url)
             evaluator = Evaluator(config)
@@ -173,6 +178,7 @@ class Daemon:
                 self._stop.wait(min(wait, TAKE_TIMEOUT))
                 continue
             try:
+                self.rules.follow_attempts()  # a reset by hand, from another process
                 for decisions in self.rules.decisions.values():  # stop files not written yet
                     decisions.retry_pending_stop()
                 busy = self._turn(store, evaluator)

@@ -29,7 +29,7 @@ from monitor.stiffness.gradients import (
 )
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.layout import ModeResult, ProbeLayout
-from monitor.stiffness.outputs import LOSSES
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, OutputSpec
 from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
@@ -131,6 +131,7 @@ def compute_stiffness(
     options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen, so a shared default is safe)
     device: torch.device | str = "cpu",
     loss: str = "cross_entropy",
+    output: OutputSpec = DEFAULT_OUTPUT,
 ) -> StiffnessResult:
     """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
 
@@ -139,7 +140,9 @@ def compute_stiffness(
     in eval mode; every module's training flag is restored afterwards. Floating-point
     inputs are cast to the parameters' dtype: float64 models are computed in float64,
     everything else in float32 (``bf16`` runs the forward under autocast, gradients in
-    float32). Per-example losses are the cross-entropy data loss, no regulariser.
+    float32). Per-example losses are the cross-entropy data loss, no regulariser. ``output``
+    says where the model's output keeps its logits (a tensor, a dict's or ``ModelOutput``'s
+    ``logits``, a tuple's first element by default; see ``outputs.OutputSpec``).
 
     Raises ``ValueError`` for an unsupported loss and ``EngineError`` when the model does
     not fit the probe (output shape, targets, no selected parameter, out of memory).
@@ -150,7 +153,7 @@ def compute_stiffness(
         raise EngineError("the probe set is empty")
     device = torch.device(device)
     try:
-        return _measure(model, probe, options, device)
+        return _measure(model, probe, options, device, output)
     except torch.cuda.OutOfMemoryError as error:  # moving the model or probe, the setup check
         raise EngineError(
             f"out of memory preparing the evaluation ({memory_note(device)}): the model, the "
@@ -160,7 +163,11 @@ def compute_stiffness(
 
 
 def _measure(
-    model: nn.Module, probe: ProbeSet, options: EngineOptions, device: torch.device
+    model: nn.Module,
+    probe: ProbeSet,
+    options: EngineOptions,
+    device: torch.device,
+    output: OutputSpec = DEFAULT_OUTPUT,
 ) -> StiffnessResult:
     """``compute_stiffness`` once its arguments are checked."""
     started = time.perf_counter()
@@ -176,8 +183,9 @@ def _measure(
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
         provider = gradient_provider(
-            model, selection, inputs, probe.targets, device, options.precision, options.backend
-        )
+            model, selection, inputs, probe.targets, device, options.precision, options.backend,
+            output,
+        )  # fmt: skip
         batch = chunk_size(provider, options)
         spent = 0.0  # gradient seconds of attempts given up on out-of-memory
         while True:

@@ -59,7 +59,7 @@ class FuncGradients(ProviderBase):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss of one example (vmap strips the batch dimension; put back a batch of one)."""
         output = functional_call(self.model, (params, self.selection.constants), (x.unsqueeze(0),))
-        logits = extract_logits(output).to(self.selection.dtype)  # (1, C)
+        logits = extract_logits(output, self.output).to(self.selection.dtype)  # (1, C)
         loss = cross_entropy(logits, y.unsqueeze(0))[0]
         return loss, logits.argmax(dim=1)[0] == y
 
@@ -87,7 +87,7 @@ class FuncGradients(ProviderBase):
             output = functional_call(
                 self.model, (self.selection.params, self.selection.constants), (x,)
             )
-        return check_logits(output, x.shape[0], self.targets)
+        return check_logits(output, x.shape[0], self.targets, self.output)
 
     def __call__(self, start: int, stop: int) -> GradientChunk:
         x = self.inputs[start:stop].to(self.device)

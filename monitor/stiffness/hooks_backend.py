@@ -132,7 +132,7 @@ class HookGradients(ProviderBase):
         x, y = self.inputs[:k].to(self.device), self.targets[:k].to(self.device)
         got = capture(
             self.model, list(self.layers), x, y, self.selection.dtype,
-            contextlib.nullcontext(), keep_graph=True, copied=self.copied,
+            contextlib.nullcontext(), keep_graph=True, copied=self.copied, output=self.output,
         )  # fmt: skip
         live = dict(self.model.named_parameters())
         names = sorted(self.covered)
@@ -196,7 +196,7 @@ class HookGradients(ProviderBase):
         try:
             got = capture(
                 self.model, list(self.layers), x, y, self.selection.dtype, self._autocast(),
-                copied=self.copied,
+                copied=self.copied, output=self.output,
             )  # fmt: skip
             uses = self._uses(got.calls)
         except torch.cuda.OutOfMemoryError:

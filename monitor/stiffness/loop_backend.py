@@ -78,8 +78,9 @@ class LoopGradients(ProviderBase):
             raise
         except RuntimeError as error:  # torch.jit.Error included
             raise EngineError(f"the model fails on probe inputs: {error}") from error
-        outputs = check_logits(first, x.shape[0], self.targets)
-        a, b = extract_logits(first).float(), extract_logits(second).float()
+        outputs = check_logits(first, x.shape[0], self.targets, self.output)
+        a = extract_logits(first, self.output).float()
+        b = extract_logits(second, self.output).float()
         if not torch.allclose(a, b, rtol=1e-3, atol=1e-5, equal_nan=True):
             raise EngineError(
                 "the model's forward is random in eval mode (the same input gave different "
@@ -93,7 +94,7 @@ class LoopGradients(ProviderBase):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill ``row`` (P,) with one example's gradient; return its loss and correctness."""
         with self._autocast():
-            logits = extract_logits(self.model(x)).to(row.dtype)  # (1, C)
+            logits = extract_logits(self.model(x), self.output).to(row.dtype)  # (1, C)
             loss = cross_entropy(logits, y)[0]
         if loss.requires_grad:  # else no selected parameter reaches the loss: zero gradient
             parts = torch.autograd.grad(loss, self.params, allow_unused=True)

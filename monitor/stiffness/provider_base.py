@@ -1,12 +1,13 @@
 """What every per-example gradient backend is built from: the model, the parameters selected,
-the probe tensors on the device, and the precision. One place, so backends differ only in how
-they compute gradients."""
+the probe tensors on the device, the precision, and where the model's output keeps its logits.
+One place, so backends differ only in how they compute gradients."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
 from monitor.stiffness.parameters import ParameterSelection
 
 
@@ -22,6 +23,7 @@ class ProviderBase:
         targets: torch.Tensor,
         device: torch.device,
         precision: str = "fp32",
+        output: OutputSpec = DEFAULT_OUTPUT,
     ) -> None:
         self.model = model
         self.selection = selection
@@ -29,6 +31,7 @@ class ProviderBase:
         self.targets = targets
         self._device = device
         self.precision = precision
+        self.output = output  # where the model's output keeps the logits
         self._prepare()
 
     def _prepare(self) -> None:

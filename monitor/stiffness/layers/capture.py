@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from monitor.stiffness.loss import cross_entropy
-from monitor.stiffness.outputs import extract_logits
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec, extract_logits
 
 
 @dataclass(eq=False)
@@ -78,12 +78,13 @@ def capture(
     autocast: contextlib.AbstractContextManager[Any],
     keep_graph: bool = False,
     copied: frozenset[nn.Module] = frozenset(),
+    output: OutputSpec = DEFAULT_OUTPUT,
 ) -> Captured:
     """Forward ``x`` with hooks, then B for every call. With ``keep_graph`` the losses stay
     attached (the setup check differentiates them once more, example by example)."""
     with torch.enable_grad(), hooked(modules, copied) as calls:
         with autocast:
-            logits = extract_logits(model(x)).to(dtype)  # (b, C)
+            logits = extract_logits(model(x), output).to(dtype)  # (b, C)
         losses = cross_entropy(logits, y)  # (b,) per-example data loss
         if calls:
             grads = torch.autograd.grad(
