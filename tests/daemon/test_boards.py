@@ -87,3 +87,33 @@ def test_off_by_config_nothing_is_read_or_written(tmp_path: Path) -> None:
         boards.evaluated(store, evaluation_id, stored)
         boards.close()
     assert not (tmp_path / "run").exists()
+
+
+def test_each_attempt_is_a_run_of_its_own_with_its_own_stop(tmp_path: Path) -> None:
+    config, store = setup(tmp_path)
+    folder = tmp_path / "run" / "stiffness-monitor"
+    with store:
+        first = [store_evaluation(store, evaluation(step)) for step in (10, 20)]
+        store.record_stop("digits", first[1], "late", "because", {}, 1)
+        store.start_attempt("digits", "the step went back from 20 to 5")
+        rerun = evaluation(5, 0.2)
+        rerun_id = store.record_evaluation(
+            "digits", path="again/step_5.pt", fingerprint="again-5", size=1, mtime_ns=2,
+            evaluation=rerun.to_dict(), duration_seconds=0.1, attempt=2,
+        )  # fmt: skip
+        boards = Boards(config, MonitorMetrics())
+        boards.start(store)  # the stored history: both attempts
+        assert written_steps(folder) == {10, 20}
+        assert written_steps(folder / "attempt-2") == {5}
+        store.start_attempt("digits", "reset by hand")
+        live = evaluation(3, 0.3)  # stored under attempt 3, then written as the daemon does
+        live_id = store.record_evaluation(
+            "digits", path="third/step_3.pt", fingerprint="third-3", size=1, mtime_ns=3,
+            evaluation=live.to_dict(), duration_seconds=0.1, attempt=3,
+        )  # fmt: skip
+        boards.evaluated(store, live_id, live)
+        boards.close()
+    assert rerun_id < live_id
+    assert scalar_series(read(folder), "stop/raised") == [(10, 0.0), (20, 1.0)]
+    assert scalar_series(read(folder / "attempt-2"), "stop/raised") == [(5, 0.0)]
+    assert scalar_series(read(folder / "attempt-3"), "stop/raised") == [(3, 0.0)]

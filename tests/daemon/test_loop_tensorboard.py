@@ -207,7 +207,8 @@ def test_off_by_config_writes_nothing_and_turning_it_on_writes_the_stored_histor
         write_checkpoint(run_dir / f"step_{step}.pt", step)
     daemon = evaluate_all(config, 2)
     assert daemon.stop() == 0
-    assert sorted(os.listdir(run_dir)) == ["STOP", "step_10.pt", "step_20.pt"]
+    assert "stiffness-monitor" not in os.listdir(run_dir)
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))  # nothing, anywhere
     moved = tmp_path / "boards" / "digits"
     config.write_text(config.read_text().replace(
         "enabled: false", f"enabled: true\n  dir: {tmp_path}/boards/{{run}}"))  # fmt: skip
@@ -245,3 +246,26 @@ def test_a_planted_symlink_is_logged_once_counted_and_the_daemon_goes_on(tmp_pat
     assert "wrote 3 stored evaluation(s) of run digits" in daemon.log
     assert "Traceback" not in daemon.log
     assert_board_holds_the_store(folder, config)
+
+
+def test_a_rerun_into_the_same_folder_is_a_tensorboard_run_of_its_own(tmp_path: Path) -> None:
+    config, run_dir = configure(tmp_path)
+    for step in (10, 20):
+        write_checkpoint(run_dir / f"step_{step}.pt", step)
+    daemon = evaluate_all(config, 2)
+    try:
+        write_checkpoint(run_dir / "rerun" / "step_5.pt", 5, seed=99)  # the step goes back
+        wait_for(lambda: judged(config) >= 3, what="the rerun's first evaluation judged")
+        wait_for(lambda: (run_dir / "stiffness-monitor" / "attempt-2").is_dir(),
+                 what="the second attempt's folder")  # fmt: skip
+    finally:
+        assert daemon.stop() == 0
+    assert "attempt 2 begins" in daemon.log
+    folder = run_dir / "stiffness-monitor"
+    assert series(board(folder), "stop/raised") == [(10, 0.0), (20, 1.0)]
+    rerun = board(folder / "attempt-2")
+    assert series(rerun, "stop/raised") == [(5, 0.0)]  # a fresh attempt: no stop yet
+    [stored] = [e for e in stored_evaluations(config) if e.step == 5]
+    assert stored.attempt == 2
+    within = stored.result["cosine"]["within"]
+    assert series(rerun, "stiffness/val-val/within_class") == [(5, f32(within))]
