@@ -83,6 +83,21 @@ def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
         report.problems.append(f"{config.source}: store.path: {existing} is not writable")
 
 
+def _check_tensorboard(config: MonitorConfig, report: CheckReport) -> None:
+    """Warnings, not problems: the daemon runs without its TensorBoard events."""
+    for run in config.runs if config.tensorboard.enabled else []:
+        folder = config.tensorboard_dir(run)
+        existing = next(p for p in (folder, *folder.parents) if p.is_symlink() or p.exists())
+        if existing == folder and (folder.is_symlink() or not folder.is_dir()):
+            why = "a symlink (never followed)" if folder.is_symlink() else "not a folder"
+        elif existing != folder and not os.access(existing, os.W_OK):
+            why = f"to be created in {existing}, which is not writable"
+        else:
+            continue
+        report.warnings.append(f"{config.source}: tensorboard.dir: {folder} (run {run.name}) is "
+                               f"{why}: its events will not be written")  # fmt: skip
+
+
 def _check_factory_origins(config: MonitorConfig, report: CheckReport) -> None:
     """Warn when a factory is Python's own code rather than the operator's.
 
@@ -170,4 +185,5 @@ def run_checks(config_path: str | Path) -> CheckReport:
         report.problems.append(f"{source}: {exc}")
     _check_paths(config, report)
     _check_port(config, report)
+    _check_tensorboard(config, report)
     return report

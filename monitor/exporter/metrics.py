@@ -139,6 +139,11 @@ class MonitorMetrics:
             "'latest' backlog policy)",
             ("run", "reason"),
         )
+        self.tensorboard_failures = counter(
+            "stiffness_tensorboard_write_failures",
+            "TensorBoard writes that failed (full disk, permissions, a symlink where the folder "
+            "should be); the evaluations stay stored and are written once a write works again",
+        )
         self.duration = Histogram(
             "stiffness_evaluation_duration_seconds",
             "Wall time to load and evaluate one checkpoint",
@@ -185,6 +190,7 @@ class MonitorMetrics:
         self.queue_depth.labels(run=run).set(0)
         self.evaluated.labels(run=run)
         self.discovered.labels(run=run)
+        self.tensorboard_failures.labels(run=run)
 
     def observe_evaluation(
         self,
@@ -253,6 +259,9 @@ class MonitorMetrics:
 
     def count_error(self, run: str, reason: str) -> None:
         self.errors.labels(run=run, reason=reason).inc()
+
+    def count_tensorboard_failure(self, run: str) -> None:
+        self.tensorboard_failures.labels(run=run).inc()
 
     def count_skipped(self, run: str, reason: str) -> None:
         self.skipped.labels(run=run, reason=reason).inc()

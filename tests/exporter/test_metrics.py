@@ -59,6 +59,7 @@ STIFFNESS_FAMILIES = {
     "stiffness_metrics_connections_dropped_total": "counter",
     "stiffness_store_writable": "gauge",
     "stiffness_store_write_failures_total": "counter",
+    "stiffness_tensorboard_write_failures_total": "counter",
 }
 PROCESS_FAMILIES = {
     "process_cpu_seconds_total": "counter",
