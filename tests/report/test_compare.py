@@ -13,7 +13,7 @@ import yaml
 from monitor.cli import main
 from monitor.store.store import Store, StoredEvaluation
 from tests.daemon_harness import stored_evaluations
-from tests.report.conftest import PNG_MAGIC, RULES, body_outline, referenced, strip_tags
+from tests.report.conftest import PNG_MAGIC, RULES, body_outline, element, referenced, strip_tags
 
 
 def _record(
@@ -45,7 +45,7 @@ def _stop(
 @pytest.fixture(scope="module")
 def two_runs(pair_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits: attempt 1 (six evaluations, stopped at the second) and a rerun, attempt 2
-    (four, no stop); other: one attempt (four, stopped at its third)."""
+    (four, no stop); other: one attempt (four, stopped at its last)."""
     folder = tmp_path_factory.mktemp("compare")
     evaluations = stored_evaluations(pair_run)
     with Store(folder / "state.db") as store:
@@ -54,7 +54,7 @@ def two_runs(pair_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert store.start_attempt("digits", "the step went back") == 2
         _record(store, "digits", evaluations[:4], 2, "a2")
         ids = _record(store, "other", evaluations[2:], 1, "o1")
-        _stop(store, "other", ids, 2, evaluations[4], 1)
+        _stop(store, "other", ids, 3, evaluations[5], 1)  # the trainer ended on it
     config = yaml.safe_load(pair_run.read_text())
     config["store"] = {"path": str(folder / "state.db")}
     config["runs"].append({"name": "other", "path": "checkpoints"})
@@ -97,15 +97,15 @@ def test_compare_puts_every_run_and_attempt_on_one_page(two_runs: Path, tmp_path
         other = store.evaluations("other", 1)
     best = {  # probe accuracy, highest, up to the stop (ties: the earlier)
         key: max(items, key=lambda e: (e.result["probe_accuracy"], -e.id)).step
-        for key, items in (("a1", first[:2]), ("a2", second), ("o", other[:3]))
+        for key, items in (("a1", first[:2]), ("a2", second), ("o", other))
     }
     assert _rows(html) == [
         ["digits", "1", "6", f"step {first[1].step} (good-enough)", str(best["a1"]),
          f"{max(e.result['probe_accuracy'] for e in first[:2]):.4g}", "4"],
         ["digits", "2", "4", "–", str(best["a2"]),
          f"{max(e.result['probe_accuracy'] for e in second):.4g}", "–"],
-        ["other", "1", "4", f"step {other[2].step} (good-enough)", str(best["o"]),
-         f"{max(e.result['probe_accuracy'] for e in other[:3]):.4g}", "1"],
+        ["other", "1", "4", f"step {other[3].step} (good-enough)", str(best["o"]),
+         f"{max(e.result['probe_accuracy'] for e in other):.4g}", "0"],
     ]  # fmt: skip
     linked = referenced(out / "index.html")
     assert linked[0] == "compare-probe_accuracy.png"
@@ -117,6 +117,12 @@ def test_compare_puts_every_run_and_attempt_on_one_page(two_runs: Path, tmp_path
     assert sorted(linked) == sorted(path.name for path in out.glob("*.png"))
     assert "<h2>run digits, attempt 2 of 2</h2>" in html
     assert "<h2>run other</h2>" in html
+    other_part = html[html.index("<h2>run other</h2>") :]
+    assert element(other_part, "saved").startswith(
+        "Saved: no evaluation came after the stop; the run ended there."
+    )
+    assert element(other_part, "stop").startswith(f"Stop: step {other[3].step}, rule good-enough")
+    assert "<li class='says-stop'><code>good-enough</code> (stop): manual stop" in other_part
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@ panels the rules read and which have nothing to show."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from monitor.report.history import RunHistory
+from monitor.report.page import render_page
 from monitor.report.panels import BEST_READER, choose_panels, rule_readers, unread_metrics
 from monitor.report.reasons import MARKER, ReasonItem, split_reason
 from monitor.rules.engine import replay
@@ -123,8 +126,8 @@ def test_rule_panels_come_first_and_panels_with_nothing_to_show_are_left_out() -
     assert read[0].read_by == ("fell", "nan")
     assert read[2].read_by == (BEST_READER,)
     assert unread_metrics(rules, results) == ["critical_length"]
-    # sign stiffness is 1.0 throughout (flat, read by no rule): left out; the train-val pair
-    # set is flat too; only its presence in results does not earn a panel.
+    # Sign stiffness is 1.0 throughout and the train-val values never change: flat panels
+    # that no rule reads are left out.
     assert [p.key for p in rest] == []
     assert [s.metric for s in read[1].series] == ["probe_loss"]  # no training split
 
@@ -133,3 +136,25 @@ def test_rule_panels_come_first_and_panels_with_nothing_to_show_are_left_out() -
                for r in results]  # fmt: skip
     _, rest = choose_panels(rules, varying)
     assert [p.key for p in rest] == ["train-val"]
+
+
+def test_strings_from_the_store_are_escaped_in_the_summary() -> None:
+    history = RunHistory(
+        run="digits",
+        steps=[10, 20],
+        results=[_pair_result(10), _pair_result(20)],
+        stop_step=20,
+        stop_rule="<b>rule</b>",
+        stop_reason="1 of 1 sub-rules say stop (one is enough). [<i>x</i>: stop] a < b & c.",
+        best={"metric": "probe_loss", "mode": "min", "step": 20, "value": 0.05, "path": "<q>"},
+        evaluations=2,
+        stop_number=2,
+        stop_checkpoint="/runs/<img src=x>.pt",
+        saved_evaluations=0,
+        last_step=20,
+    )
+    html = render_page([history], Path("config.yaml"), Path("state.db"))
+    for raw in ("<b>rule", "<i>x", "<img src=x>", "<q>", "a < b"):
+        assert raw not in html
+    assert "<code>&lt;i&gt;x&lt;/i&gt;</code> (stop): a &lt; b &amp; c." in html
+    assert "<code>/runs/&lt;img src=x&gt;.pt</code>" in html
