@@ -34,6 +34,7 @@ from monitor.errors import (
 )
 from monitor.evaluation.summary import format_evaluation
 from monitor.extras import ExtraMissingError
+from monitor.report.command import add_report_parser, run_report
 from monitor.report.history import UnknownRunError
 from monitor.store.lock import StoreLockedError
 
@@ -99,20 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
 
-    report = commands.add_parser("report", help="render figures and an HTML page from the store")
-    report.add_argument("-c", "--config", required=True, help="the YAML config file")
-    report.add_argument("--out", required=True, type=Path, help="folder for index.html and PNGs")
-    report.add_argument("--run", help="only this run")
-    report.add_argument(
-        "--attempt", type=int, help="draw this attempt of each run (default: the latest)"
-    )
-    report.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        metavar="STEP",
-        help="checkpoints for the class heatmaps (nearest evaluated; default: 4 spread out)",
-    )
+    add_report_parser(commands)
     _demo_parser(commands)
     return parser
 
@@ -243,14 +231,6 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace) -> int:
-    from monitor.report.writer import write_report
-
-    page = write_report(args.config, args.out, args.run, args.steps, args.attempt)
-    print(f"report: {page}")
-    return EXIT_OK
-
-
 def _demo(args: argparse.Namespace) -> int:
     from monitor.demo.runner import DemoOptions, run_demo
 
@@ -278,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "watch": _watch,
         "backtest": _backtest,
         "reset": _reset,
-        "report": _report,
+        "report": run_report,
         "demo": _demo,
     }
     try:
