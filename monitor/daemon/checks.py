@@ -30,6 +30,7 @@ from monitor.probe.sampling import load_probe
 from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
 from monitor.stiffness.inputs import ProbeSet
 from monitor.stiffness.outputs import OutputSpec
+from monitor.store.lock import running_daemon
 
 
 @dataclass
@@ -67,7 +68,15 @@ def _check_port(config: MonitorConfig, report: CheckReport) -> None:
     try:
         try_bind(metrics.host, metrics.port)
     except ConfigError as exc:
-        report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
+        holder = running_daemon(config.store.path)
+        if holder is None:
+            report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
+            return
+        who = f"PID {holder}" if holder else "a daemon"
+        report.warnings.append(
+            f"{config.source}: metrics.port: {metrics.host}:{metrics.port} is in use by this "
+            f"config's running daemon ({who}, holding {config.store.path}); fine while it runs"
+        )
 
 
 def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
