@@ -112,7 +112,8 @@ def example_gradients(
                 losses.append(math.nan)
             else:
                 parts = torch.autograd.grad(loss, params, allow_unused=True)
-                flat = [torch.zeros_like(p) if g is None else g for p, g in zip(params, parts)]
+                pairs = zip(params, parts, strict=True)
+                flat = [torch.zeros_like(p) if g is None else g for p, g in pairs]
                 grads.append(torch.cat([g.reshape(-1) for g in flat]).detach())
                 losses.append(float(loss.detach()))
             correct.append(hits)  # type: ignore[arg-type]  # a token share

@@ -20,6 +20,7 @@ from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeErr
 from monitor.probe.sampling import load_probe
 from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
 from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.outputs import Objective
 
 
 @dataclass
@@ -29,15 +30,32 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_output(model: torch.nn.Module, probe: ProbeSet, source: Path) -> str | None:
-    """Run two probe examples through the model: the output must be (B, classes) logits."""
+def _check_output(
+    model: torch.nn.Module, probe: ProbeSet, source: Path, loss: str = "cross_entropy"
+) -> str | None:
+    """Run two probe examples through the model: the output must be (B, classes) logits, or
+    (B, T, V) logits the probe's token labels fit for a sequence ``loss``."""
     model.eval()
+    objective = Objective(loss, probe.attention_mask)
+    if objective.sequence and probe.token_targets is None:
+        return (
+            f"{source}: stiffness.loss: {loss} needs per-token labels, but the probe has no "
+            "'token_targets' (N, T)"
+        )
     try:
         with torch.no_grad():
-            output = model(probe.inputs[:2])
+            mask = objective.mask(0, 2, probe.inputs.device)
+            output = objective.call(model, probe.inputs[:2], mask)
     except Exception as exc:  # the operator's model on the operator's probe
         failure = f"{type(exc).__name__}: {cut(str(exc))}"
         return f"{source}: model.factory: the model fails on probe inputs: {failure}"
+    if objective.sequence:
+        assert probe.token_targets is not None
+        try:
+            objective.check(output, min(2, probe.size), probe.token_targets)
+        except EngineError as exc:
+            return f"{source}: model.factory: {exc} (stiffness.loss: {loss})"
+        return None
     if isinstance(output, (tuple, list)):
         output = output[0]
     logits = getattr(output, "logits", output)
@@ -130,7 +148,7 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
     if model is not None and probe is not None:
-        problem = _check_output(model, probe, source)
+        problem = _check_output(model, probe, source, config.stiffness.loss)
         if problem:
             report.problems.append(problem)
     try:

@@ -63,6 +63,7 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
     order = torch.sort(key, stable=True).indices
     if torch.equal(order, torch.arange(probe.size)):
         return probe, order  # already sorted (the Evaluator keeps it so): no copy
+
     def pick(values: torch.Tensor | None) -> torch.Tensor | None:
         return None if values is None else values[order.to(values.device)]
 

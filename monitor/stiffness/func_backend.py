@@ -47,7 +47,7 @@ def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
 
 
 class FuncGradients(ProviderBase):
-    """Per-example gradients of the per-example loss (``objective``) via ``vmap(grad_and_value)``."""
+    """Per-example gradients of the per-example loss (``objective``), ``vmap(grad_and_value)``."""
 
     def _prepare(self) -> None:
         mask = None if self.objective.attention_mask is None else 0

@@ -113,9 +113,7 @@ class LoopGradients(ProviderBase):
             with torch.enable_grad(), self._read_only():
                 for i in range(rows):
                     one = None if mask is None else mask[i : i + 1]
-                    losses[i], correct[i] = self._example(
-                        x[i : i + 1], y[i : i + 1], one, grads[i]
-                    )
+                    losses[i], correct[i] = self._example(x[i : i + 1], y[i : i + 1], one, grads[i])
         except torch.cuda.OutOfMemoryError:
             raise  # the chunk stream retries with a smaller chunk
         except RuntimeError as error:  # torch.jit.Error included

@@ -15,8 +15,9 @@ branches on, the same instance-level ``forward`` override if any), every
 parameter and buffer (same object for parameters, so a re-tied or replaced weight counts as
 a change; name, shape, dtype), the selected names, the probe's example shape and dtype, the
 targets' dtype, shape and range (the output check tests that the logits fit them), the
-device, the precision, the loss and the attention mask's shape. Objects are compared by weak reference, never by ``id`` (an id
-can be reused by a new object after the old one is collected).
+device, the precision, the loss and the attention mask's shape. Objects are compared by weak
+reference, never by ``id`` (an id can be reused by a new object after the old one is
+collected).
 
 What the cache may not skip: the comparison of the layer rules with autograd depends on the
 weights, not only on the structure. A weight can have one use the hooks see and another they

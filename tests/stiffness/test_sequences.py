@@ -180,7 +180,7 @@ def test_every_backend_gives_the_same_stiffness(backend: str, caplog: Any) -> No
 def test_sequence_loss_needs_token_targets() -> None:
     model, probe = llama(), padded_probe()
     plain = ProbeSet(probe.inputs, probe.targets)
-    with pytest.raises(EngineError, match="causal_lm needs per-token labels.*token_targets"):
+    with pytest.raises(EngineError, match=r"causal_lm needs per-token labels.*token_targets"):
         compute_stiffness(model, plain, EngineOptions(loss="causal_lm"))
     with pytest.raises(EngineError, match=r"\(batch, classes\) logits"):
         compute_stiffness(model, probe)  # cross_entropy on (B, T, V) logits
