@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from monitor.evaluation.evaluator import Evaluator
 from monitor.stiffness import compute_stiffness
 
 transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "language" / "model.py"
 VOCAB, N, T = 40, 18, 9
@@ -116,3 +118,42 @@ def test_check_names_a_classifier_given_a_sequence_loss(tmp_path: Path) -> None:
         f"{config}: model.factory: model output must be (batch, positions, vocabulary) logits, "
         "got shape (2, 3) (stiffness.loss: causal_lm)"
     )
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_blocks() -> tuple[str, str]:
+    """The README's sequence-probe example: its Python block and the YAML block after it."""
+    text = README.read_text(encoding="utf-8")
+    after = text.split("<!-- sequence-probe-example -->", 1)[1]
+    python = after.split("```python\n", 1)[1].split("```", 1)[0]
+    yaml = after.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return python, yaml
+
+
+def test_readme_probe_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example, as written: tokenise the sentences into probe.pt, then evaluate a
+    GPT-2 checkpoint folder with the README's config (vocabulary size included)."""
+    python, yaml = readme_blocks()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python, "README.md", "exec"), {})  # our own README, as a user runs it
+    vocab = tokenizers.Tokenizer.from_file("tokenizer.json").get_vocab_size()
+    assert f"vocab_size: {vocab}}}" in yaml  # the README's number is the tokenizer's
+    data = torch.load("probe.pt")
+    assert data["inputs"].shape == data["token_targets"].shape == data["attention_mask"].shape
+    assert bool((data["token_targets"][data["attention_mask"] == 0] == -100).all())
+
+    shutil.copy(EXAMPLE, tmp_path / "model.py")
+    monkeypatch.delitem(sys.modules, "model", raising=False)  # the digits example's model.py
+    (tmp_path / "config.yaml").write_text(yaml + "  device: cpu\n")
+    spec = importlib.util.spec_from_file_location("readme_model", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    factories = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factories)
+    factories.build_gpt2(vocab_size=vocab).save_pretrained(tmp_path / "checkpoint-1")
+    assert run_checks(tmp_path / "config.yaml").problems == []
+    evaluator = Evaluator(load_config(tmp_path / "config.yaml"), torch.device("cpu"))
+    result = evaluator.evaluate(tmp_path / "checkpoint-1").result
+    assert result.classes == (0, 1, 2) and result.counts.examples == 12
+    assert result.cosine.within is not None and result.probe_loss is not None
