@@ -140,16 +140,23 @@ def test_padding_changes_nothing(arch: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("arch", "fallback"), [("gpt2", ["transformer.wpe.weight"]), ("llama", [])]
+    ("arch", "exclude", "fallback"),
+    [
+        ("gpt2", (), ["transformer.wpe.weight"]),
+        ("gpt2", ("transformer.wpe.weight",), []),
+        ("llama", (), []),
+    ],
 )
-def test_hooks_cover_conv1d_and_rms_norm(arch: str, fallback: list[str]) -> None:
+def test_hooks_cover_conv1d_and_rms_norm(
+    arch: str, exclude: tuple[str, ...], fallback: list[str]
+) -> None:
     """GPT-2's Conv1D and Llama's RMSNorm have layer rules (checked against autograd at
     setup); only GPT-2's position embedding, looked up once for the whole batch, is left
-    to the fallback."""
+    to the fallback, unless it is excluded (README: the fast path)."""
     model, probe = MODELS[arch](), padded_probe()
     assert probe.token_targets is not None
     objective = Objective("causal_lm", probe.attention_mask)
-    selection = select_parameters(model)
+    selection = select_parameters(model, exclude=exclude)
     provider = gradient_provider(
         model, selection, probe.inputs, probe.token_targets, torch.device("cpu"),
         objective=objective,
