@@ -1,13 +1,15 @@
 """Precision of per-pair cosine stiffness under the sequence loss (causal_lm) vs float64.
 
-Tiny GPT-2 and Llama architectures (examples/language/model.py), random and trained (Adam on
-three token patterns until most next tokens are fitted), probe of right-padded sequences with
-an attention mask. Prints the markdown rows of docs/precision.md's sequence-loss table:
-the largest per-pair |Δcos| against the float64 computation, and the share of pairs whose
-sign agrees, for fp32, bf16, and fp32 with torch's cross-entropy in place of the engine's
-stable one (what the stable loss buys).
+Tiny GPT-2 and Llama architectures (examples/language/model.py): random; trained (Adam on
+other sequences of the probe's three token patterns); and memorised (Adam on the probe's own
+sequences until nearly every token is fitted, p ≈ 1: where torch's fp32 cross-entropy
+gradient loses its digits). The probe: right-padded sequences with an attention mask.
+Prints the markdown rows of docs/precision.md's sequence-loss table: the largest per-pair
+|Δcos| against the float64 computation, and the share of pairs whose sign agrees, for fp32,
+bf16, and fp32 with torch's cross-entropy in place of the engine's stable one (what the
+stable loss buys).
 
-    python bench/sequence_precision.py [--device cuda] [--n 48] [--steps 400]
+    python bench/sequence_precision.py [--device cuda] [--n 48] [--steps 300]
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ def sequences(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return ids * mask, classes, mask
 
 
-def train(model: nn.Module, steps: int) -> nn.Module:
+def train(model: nn.Module, steps: int, probe: int | None = None) -> nn.Module:
+    """Adam on fresh sequences at every step, or on the probe's own ``probe`` sequences."""
     model = copy.deepcopy(model).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3 if probe is None else 1e-2)
     for step in range(steps):
-        ids, _, mask = sequences(64, 1000 + step)
+        ids, _, mask = sequences(64, 1000 + step) if probe is None else sequences(probe, 7)
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(ids, attention_mask=mask, labels=labels).loss
         optimiser.zero_grad()
@@ -107,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     device = torch.device(args.device)
     ids, _, mask = sequences(args.n, 7)
@@ -115,7 +118,11 @@ def main() -> None:
     print("| model | weights | probe loss | precision | max abs Δcos vs float64 | sign agreement |")
     print("|---|---|---|---|---|---|")
     for name, model in factories().items():
-        for weights, m in (("random", model), ("trained", train(model, args.steps))):
+        for weights, m in (
+            ("random", model),
+            ("trained", train(model, args.steps)),
+            ("memorised", train(model, args.steps, probe=args.n)),
+        ):
             with torch.no_grad():
                 labels = ids.masked_fill(mask == 0, -100)
                 probe_loss = float(m(ids, attention_mask=mask, labels=labels).loss)
