@@ -30,6 +30,7 @@ from monitor.errors import (
     ModelFactoryError,
     MonitorError,
     ProbeError,
+    UsageError,
 )
 from monitor.evaluation.summary import format_evaluation
 from monitor.extras import ExtraMissingError
@@ -45,6 +46,7 @@ CONFIG_ERRORS = (
     ExtraMissingError,
     UnknownRunError,
     StoreLockedError,  # another daemon holds the store
+    UsageError,  # --run or --attempt names nothing stored
 )
 
 log = logging.getLogger("monitor")
@@ -78,7 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("-c", "--config", required=True, help="the YAML config file")
     backtest.add_argument("--rules", help="a rules file to try instead of the config's rules")
     backtest.add_argument("--run", help="only this run")
+    backtest.add_argument(
+        "--attempt", type=int, help="replay this attempt of each run (default: the latest)"
+    )
     backtest.add_argument("--json", action="store_true", help="print a JSON list")
+
+    reset = commands.add_parser(
+        "reset",
+        help="start a new attempt of a run by hand: fresh rules, history, best and stop",
+        description="Begins the run's next attempt in the store. A running daemon follows within "
+        "a second: it starts the run's rules afresh and removes the stop and best-checkpoint "
+        "files it wrote for the earlier attempt. Reruns into the same folder are detected "
+        "without this (the steps start again lower).",
+    )
+    reset.add_argument("-c", "--config", required=True, help="the YAML config file")
+    reset.add_argument("--run", required=True, help="the run's name")
 
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
@@ -87,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-c", "--config", required=True, help="the YAML config file")
     report.add_argument("--out", required=True, type=Path, help="folder for index.html and PNGs")
     report.add_argument("--run", help="only this run")
+    report.add_argument(
+        "--attempt", type=int, help="draw this attempt of each run (default: the latest)"
+    )
     report.add_argument(
         "--steps",
         type=int,
@@ -182,7 +201,7 @@ def _backtest(args: argparse.Namespace) -> int:
         spec = config.rules
     rules = load_rules(spec, config.source, config.source.read_text(encoding="utf-8"))
     label = "inline" if isinstance(spec, list) else rules.source
-    results = backtest_store(config.store.path, rules, label, args.run)
+    results = backtest_store(config.store.path, rules, label, args.run, args.attempt)
     if args.json:
         print(json.dumps([item.to_dict() for item in results], allow_nan=False))
     else:
@@ -190,6 +209,22 @@ def _backtest(args: argparse.Namespace) -> int:
             print(format_backtest(item))
         if not results:
             print(f"no stored evaluations in {config.store.path}")
+    return EXIT_OK
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from monitor.store.store import Store
+
+    config = load_config(args.config)
+    names = [run.name for run in config.runs]
+    if args.run not in names:
+        raise UsageError(f"--run {args.run}: no such run in {config.source} (runs: "
+                         f"{', '.join(names)})")  # fmt: skip
+    if not config.store.path.is_file():
+        raise UsageError(f"{config.store.path}: no store yet; nothing to reset")
+    with Store(config.store.path) as store:
+        attempt = store.start_attempt(args.run, "reset by hand")
+    print(f"run {args.run}: attempt {attempt} begins (a running daemon follows at its next turn)")
     return EXIT_OK
 
 
@@ -211,7 +246,7 @@ def _check(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from monitor.report.writer import write_report
 
-    page = write_report(args.config, args.out, args.run, args.steps)
+    page = write_report(args.config, args.out, args.run, args.steps, args.attempt)
     print(f"report: {page}")
     return EXIT_OK
 
@@ -242,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "watch": _watch,
         "backtest": _backtest,
+        "reset": _reset,
         "report": _report,
         "demo": _demo,
     }
@@ -253,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, EngineError, MonitorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    except OSError as exc:  # e.g. the metrics port is taken, the store folder unwritable
+    except OSError as exc:  # e.g. the store folder unwritable
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

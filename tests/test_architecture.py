@@ -48,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
         "config",
         "stiffness",
     },
-    "report": {"store", "config"},
+    "report": {"store", "rules", "config"},
     "demo": {"report", "rules", "store", "stopping", "config"},
     "cli": {"daemon", "demo", "report", "evaluation", "rules", "store", "config"},
     "__main__": {"cli"},

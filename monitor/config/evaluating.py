@@ -17,8 +17,28 @@ from monitor.stiffness.inputs import EngineOptions
 
 
 class ModelConfig(Section):
+    """The model the weights go into, and where its output keeps the logits: ``output``
+    names a key, attribute or index of the output; ``output_fn`` a function picking them."""
+
     factory: str | None = Field(None, pattern=FACTORY_PATTERN)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    output: str | int | None = None
+    output_fn: str | None = Field(None, pattern=FACTORY_PATTERN)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _key_or_index(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ValueError(f"expected a key, attribute name or index, got {short(value)}")
+        if value == "":
+            raise ValueError("expected a key, attribute name or index, got ''")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ModelConfig:
+        if self.output is not None and self.output_fn is not None:
+            raise ValueError("expected at most one of 'output' or 'output_fn', got both")
+        return self
 
 
 CheckpointFormat = Literal[

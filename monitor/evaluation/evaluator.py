@@ -18,7 +18,7 @@ import torch
 
 from monitor.checkpoints.loading import load_weights
 from monitor.checkpoints.reader import LoadedCheckpoint, read_checkpoint
-from monitor.config.factory import add_import_path, build_model
+from monitor.config.factory import add_import_path, build_model, output_spec
 from monitor.config.schema import MonitorConfig
 from monitor.errors import CheckpointError, EngineError
 from monitor.probe.sampling import load_probe
@@ -100,6 +100,7 @@ class Evaluator:
         self.options = config.stiffness.engine_options()
         cap_device_memory(self.device, self.options.memory_limit)
         add_import_path(config.base_dir)
+        self.output = output_spec(config.model.output, config.model.output_fn)
         self._model: torch.nn.Module | None = None
         if config.model.factory is not None:
             self._model = build_model(config.model.factory, config.model.kwargs)
@@ -139,7 +140,7 @@ class Evaluator:
         loaded = read_checkpoint(path, self.config.checkpoint)
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
-        result = compute_stiffness(model, self.probe, self.options, self.device)
+        result = compute_stiffness(model, self.probe, self.options, self.device, output=self.output)
         if self._order is not None:  # per-example values in the probe source's order again
             norms: list[float | None] = [None] * len(result.gradient_norms)
             for position, example in enumerate(self._order.tolist()):

@@ -1,5 +1,6 @@
 """``stiffness-monitor report``: run histories from the store, matplotlib figures and one HTML
 page, written atomically.
 
-May import: ``store``, ``config``, ``monitor.extras``, ``monitor.errors``.
+May import: ``store``, ``rules`` (the best checkpoint), ``config``, ``monitor.extras``,
+``monitor.errors``.
 """

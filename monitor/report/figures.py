@@ -44,9 +44,12 @@ def _has(results: Sequence[Result], *keys: str) -> bool:
     return any(_get(r, *keys) is not None for r in results)
 
 
-def _mark_stop(axes: Axes, stop_step: int | None) -> None:
+def _mark_stop(axes: Axes, stop_step: int | None, best_step: int | None = None) -> None:
+    """The stop (red dashed) and the best checkpoint (green dotted) on a curve over steps."""
     if stop_step is not None:
         axes.axvline(stop_step, color="tab:red", linestyle="--", linewidth=1.2, label="stop")
+    if best_step is not None:
+        axes.axvline(best_step, color="tab:green", linestyle=":", linewidth=1.4, label="best")
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -60,7 +63,11 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def stiffness_figure(
-    steps: Sequence[int], results: Sequence[Result], stop_step: int | None, path: Path
+    steps: Sequence[int],
+    results: Sequence[Result],
+    stop_step: int | None,
+    path: Path,
+    best_step: int | None = None,
 ) -> Path:
     """Within- and between-class stiffness against step: cosine, sign, train-val."""
     panels: list[tuple[str, tuple[str, ...]]] = [("cosine stiffness (val-val)", ("cosine",))]
@@ -90,7 +97,7 @@ def stiffness_figure(
         between = _series(results, *keys, "between")
         axes.plot(steps, between, color=BETWEEN, marker="s", markersize=3, label="between-class")
         axes.axhline(0.0, color="grey", linewidth=0.8)
-        _mark_stop(axes, stop_step)
+        _mark_stop(axes, stop_step, best_step)
         axes.set(title=title, xlabel="training step", ylabel="mean stiffness")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
@@ -98,7 +105,11 @@ def stiffness_figure(
 
 
 def probe_figure(
-    steps: Sequence[int], results: Sequence[Result], stop_step: int | None, path: Path
+    steps: Sequence[int],
+    results: Sequence[Result],
+    stop_step: int | None,
+    path: Path,
+    best_step: int | None = None,
 ) -> Path:
     """Probe loss and accuracy against step (held-out, and the training split when present)."""
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10.4, 4), layout="constrained")
@@ -124,7 +135,7 @@ def probe_figure(
                 linestyle=":",
                 label="training split",
             )
-        _mark_stop(axes, stop_step)
+        _mark_stop(axes, stop_step, best_step)
         axes.set(title=f"probe {key}", xlabel="training step", ylabel=label)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")

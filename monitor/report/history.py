@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.errors import MonitorError
+from monitor.errors import MonitorError, UsageError
+from monitor.rules.best import best_of
+from monitor.rules.spec import BestSpec
 from monitor.store.store import Store
 
 
@@ -32,12 +34,21 @@ class RunHistory:
     stop_rule: str | None = None
     stop_reason: str | None = None
     unstepped: int = 0  # evaluations without a step cannot be placed on the x axis
+    attempt: int = 1
+    attempts: int = 1
+    best: dict[str, Any] | None = None  # the attempt's best checkpoint (up to its stop)
     figures: dict[str, Path | None] = field(default_factory=dict)
     heatmap_steps: list[int] = field(default_factory=list)
 
 
-def load_histories(store_path: Path, run: str | None = None) -> list[RunHistory]:
-    """Every run's history (or ``run``'s); a clear error when there is nothing to draw."""
+def load_histories(
+    store_path: Path,
+    run: str | None = None,
+    attempt: int | None = None,
+    best: BestSpec | None = None,
+) -> list[RunHistory]:
+    """Every run's history (or ``run``'s), of its latest attempt (or ``attempt``), with the
+    best checkpoint by ``best``; a clear error when there is nothing to draw."""
     with Store(store_path, readonly=True) as store:
         runs = store.runs()
         if run is not None and run not in runs:
@@ -45,11 +56,18 @@ def load_histories(store_path: Path, run: str | None = None) -> list[RunHistory]
             raise UnknownRunError(f"--run {run}: no such run in {store_path} (runs: {known})")
         histories = []
         for name in [run] if run is not None else runs:
-            evaluations = store.evaluations(name)
+            latest = store.current_attempt(name)
+            chosen = latest if attempt is None else attempt
+            if not 1 <= chosen <= latest:
+                raise UsageError(f"--attempt {chosen}: run {name} has attempts 1 to {latest}")
+            evaluations = store.evaluations(name, chosen)
             stepped = [e for e in evaluations if e.step is not None]
-            stop = store.stop_for(name)
+            stop = store.stop_for(name, chosen)
             if not stepped:
                 continue
+            until = [e for e in evaluations if stop is None or e.id <= stop.evaluation_id]
+            kept = None if best is None else best_of(best, ((e.step, e.result, e.path)
+                                                            for e in until))  # fmt: skip
             histories.append(
                 RunHistory(
                     run=name,
@@ -59,6 +77,9 @@ def load_histories(store_path: Path, run: str | None = None) -> list[RunHistory]
                     stop_rule=None if stop is None else stop.rule,
                     stop_reason=None if stop is None else stop.reason,
                     unstepped=len(evaluations) - len(stepped),
+                    attempt=chosen,
+                    attempts=latest,
+                    best=None if kept is None else kept.to_dict(),
                 )
             )
     if not histories:

@@ -95,11 +95,18 @@ def _run_section(history: RunHistory) -> str:
             f"Stopped at step {history.stop_step} by rule {history.stop_rule}: "
             f"{history.stop_reason}"
         )
+    attempt = f", attempt {history.attempt} of {history.attempts}" if history.attempts > 1 else ""
     parts = [
-        f"<h2>run {escape(history.run)}</h2>",
+        f"<h2>run {escape(history.run)}{attempt}</h2>",
         f"<p>{len(history.steps)} evaluations, steps {history.steps[0]} to "
         f"{history.steps[-1]}. {escape(verdict)}</p>",
     ]
+    if history.best is not None:
+        best = history.best
+        parts.append(
+            f"<p class='best'>Best checkpoint: step {best['step']}, {escape(best['metric'])} "
+            f"{best['value']:.4g} ({escape(str(best['path']))}); the dotted green line.</p>"
+        )
     if history.unstepped:
         parts.append(
             f"<p class='note'>{history.unstepped} evaluation(s) without a training step are "

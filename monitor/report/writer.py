@@ -18,6 +18,8 @@ from monitor.config.schema import load_config
 from monitor.extras import require_demo_extra
 from monitor.report.files import atomic_write
 from monitor.report.history import RunHistory, load_histories
+from monitor.rules.best import best_spec
+from monitor.rules.spec import load_rules
 
 DEFAULT_HEATMAPS = 4
 
@@ -49,12 +51,21 @@ def draw_run(history: RunHistory, out: Path, wanted: Sequence[int] | None) -> Ru
     by_step = dict(zip(history.steps, history.results, strict=True))
     chosen = [(step, by_step[step]) for step in chosen_steps]
     prefix = out / history.run
+    best = None if history.best is None else history.best.get("step")
     drawn: dict[str, Path | None] = {
         "stiffness": figures.stiffness_figure(
-            history.steps, history.results, history.stop_step, Path(f"{prefix}-stiffness.png")
+            history.steps,
+            history.results,
+            history.stop_step,
+            Path(f"{prefix}-stiffness.png"),
+            best,
         ),
         "probe": figures.probe_figure(
-            history.steps, history.results, history.stop_step, Path(f"{prefix}-probe.png")
+            history.steps,
+            history.results,
+            history.stop_step,
+            Path(f"{prefix}-probe.png"),
+            best,
         ),
         "heatmaps": figures.heatmaps_figure(chosen, Path(f"{prefix}-classes.png")),
         "sign_heatmaps": figures.heatmaps_figure(
@@ -72,13 +83,17 @@ def write_report(
     out: Path | str,
     run: str | None = None,
     steps: Sequence[int] | None = None,
+    attempt: int | None = None,
 ) -> Path:
-    """Render the report for the config's store into ``out``; returns ``out/index.html``."""
+    """Render the report for the config's store into ``out``; returns ``out/index.html``.
+
+    Each run shows its latest attempt unless ``attempt`` is given."""
     require_demo_extra("matplotlib")
     from monitor.report.page import render_page
 
     config = load_config(config_path)
-    histories = load_histories(config.store.path, run)
+    rules = load_rules(config.rules, config.source)
+    histories = load_histories(config.store.path, run, attempt, best_spec(rules))
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     drawn = [draw_run(history, folder, steps) for history in histories]

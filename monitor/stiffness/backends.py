@@ -186,7 +186,8 @@ def gradient_provider(
     objective: Objective | None = None,
 ) -> GradientProvider:
     """The provider for ``model`` by the rule above, its output already checked.
-    ``objective`` is the loss and attention mask (cross-entropy, no mask, when None).
+    ``objective`` is the loss, the attention mask and where the output keeps its logits
+    (cross-entropy, no mask, the default reading, when None).
 
     Raises ``EngineError`` when one small forward does not give logits the targets fit, or
     when ``backend="hooks"`` is asked of a model no layer rule covers.

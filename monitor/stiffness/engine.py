@@ -31,7 +31,7 @@ from monitor.stiffness.gradients import (
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.loss import labelled_examples
-from monitor.stiffness.outputs import LOSSES, Objective
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, Objective, OutputSpec
 from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
@@ -138,6 +138,7 @@ def compute_stiffness(
     options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen, so a shared default is safe)
     device: torch.device | str = "cpu",
     loss: str | None = None,
+    output: OutputSpec = DEFAULT_OUTPUT,
 ) -> StiffnessResult:
     """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
 
@@ -152,7 +153,9 @@ def compute_stiffness(
     labelled positions of ``probe.token_targets`` (``loss.sequence_cross_entropy``); the
     class ``targets`` then only group examples. A sequence with no labelled position has no
     gradient: it is counted in ``counts.zero_gradient`` and left out of the probe loss and
-    accuracy (the token accuracy, for sequences).
+    accuracy (the token accuracy, for sequences). ``output`` says where the model's output
+    keeps its logits, class or token logits alike (a tensor, a dict's or ``ModelOutput``'s
+    ``logits``, a tuple's first element by default; see ``outputs.OutputSpec``).
 
     Raises ``ValueError`` for an unsupported loss and ``EngineError`` when the model does
     not fit the probe (output shape, targets, no selected parameter, out of memory).
@@ -162,7 +165,7 @@ def compute_stiffness(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if probe.size == 0:
         raise EngineError("the probe set is empty")
-    objective = Objective(loss, probe.attention_mask)
+    objective = Objective(loss, probe.attention_mask, output)
     _check_sequences(probe, objective)
     device = torch.device(device)
     try:
@@ -212,7 +215,7 @@ def _measure(
         inputs = probe.inputs
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
-        objective = Objective(objective.loss, probe.attention_mask)  # in the probe's order
+        objective = dataclasses.replace(objective, attention_mask=probe.attention_mask)  # reordered
         targets = probe.token_targets if objective.sequence else probe.targets
         assert targets is not None  # _check_sequences
         provider = gradient_provider(

@@ -1,11 +1,16 @@
-"""What every gradient backend asks of a model: how to call it, and logits the targets fit.
+"""What every gradient backend asks of a model: how to call it, where its output keeps the
+logits, and logits the targets fit.
 
 ``Objective`` is the per-example loss the engine differentiates: ``cross_entropy`` on
 (B, C) logits with one class per example, or a sequence loss on (B, T, V) logits with
 Hugging Face ``labels`` per token (``causal_lm`` shifts them inside the loss,
 ``token_cross_entropy`` does not; ``loss.sequence_cross_entropy``). It also carries the
 probe's attention mask: a model is called ``model(x)``, or ``model(x, attention_mask=m)``
-when the probe has one, the way Hugging Face models take padded batches.
+when the probe has one, the way Hugging Face models take padded batches. And it carries the
+``OutputSpec`` (``monitor.stiffness.output_spec``): where the model's output keeps its logits
+(a tensor, a dict's or ``ModelOutput``'s ``logits``, a tuple's first element by default, or
+what ``model.output``/``model.output_fn`` name), read the same way for class and token
+logits. One object, so every backend reads the logits and applies the loss alike.
 
 The checks run once, up front, on a small batch, so a wrong model fails with a message that
 names the problem rather than deep inside a backend (a vmap trace, an autograd error).
@@ -22,36 +27,35 @@ from torch import nn
 from monitor.errors import EngineError
 from monitor.stiffness.inputs import LOSSES
 from monitor.stiffness.loss import IGNORE_INDEX, cross_entropy, sequence_cross_entropy
+from monitor.stiffness.output_spec import DEFAULT_OUTPUT, OutputSpec
 
-__all__ = ["LOSSES", "SEQUENCE_LOSSES", "Objective", "check_logits", "extract_logits"]
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "LOSSES",
+    "SEQUENCE_LOSSES",
+    "Objective",
+    "OutputSpec",
+    "check_logits",
+    "extract_logits",
+]
 
 SEQUENCE_LOSSES = ("causal_lm", "token_cross_entropy")
 
 
-def extract_logits(output: Any, dims: int = 2) -> torch.Tensor:
-    """The logits from a model output: a tensor, ``.logits``, or element 0; ``dims`` is 2 for
+def extract_logits(output: Any, spec: OutputSpec = DEFAULT_OUTPUT, dims: int = 2) -> torch.Tensor:
+    """The logits from a model output, found as ``spec`` says; ``dims`` is 2 for
     (batch, classes), 3 for (batch, positions, vocabulary)."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits"):
-        logits = output.logits
-    elif isinstance(output, tuple | list) and output:
-        logits = output[0]
-    else:
-        raise EngineError(f"model output of type {type(output).__name__} holds no logits tensor")
-    if not isinstance(logits, torch.Tensor) or logits.dim() != dims:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-        want = "(batch, classes)" if dims == 2 else "(batch, positions, vocabulary)"
-        raise EngineError(f"model output must be {want} logits, got shape {shape}")
-    return logits
+    return spec.logits(output, dims)
 
 
-def check_logits(output: Any, batch: int, targets: torch.Tensor) -> int:
+def check_logits(
+    output: Any, batch: int, targets: torch.Tensor, spec: OutputSpec = DEFAULT_OUTPUT
+) -> int:
     """Raise EngineError unless ``output`` holds (batch, C) logits every target indexes.
 
     Returns C, the number of outputs.
     """
-    logits = extract_logits(output)
+    logits = extract_logits(output, spec)
     if logits.shape[0] != batch:
         raise EngineError(
             f"model output has {logits.shape[0]} rows for a batch of {batch} examples"
@@ -65,10 +69,12 @@ def check_logits(output: Any, batch: int, targets: torch.Tensor) -> int:
     return outputs
 
 
-def check_token_logits(output: Any, batch: int, labels: torch.Tensor) -> int:
+def check_token_logits(
+    output: Any, batch: int, labels: torch.Tensor, spec: OutputSpec = DEFAULT_OUTPUT
+) -> int:
     """Raise EngineError unless ``output`` holds (batch, T, V) logits at the labels' T
     positions and every label but ``IGNORE_INDEX`` indexes V. Returns V."""
-    logits = extract_logits(output, dims=3)
+    logits = extract_logits(output, spec, dims=3)
     want = (batch, int(labels.shape[1]))
     if tuple(logits.shape[:2]) != want:
         raise EngineError(
@@ -86,10 +92,12 @@ def check_token_logits(output: Any, batch: int, labels: torch.Tensor) -> int:
 
 @dataclass(frozen=True, eq=False)
 class Objective:
-    """The per-example loss (``loss``) and the probe's ``attention_mask`` (N, T) or None."""
+    """The per-example loss (``loss``), the probe's ``attention_mask`` (N, T) or None, and
+    where the model's output keeps its logits (``output``)."""
 
     loss: str = "cross_entropy"
     attention_mask: torch.Tensor | None = None
+    output: OutputSpec = DEFAULT_OUTPUT
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -114,7 +122,8 @@ class Objective:
         return model(x, **self.kwargs(mask))
 
     def logits(self, output: Any) -> torch.Tensor:
-        return extract_logits(output, dims=3 if self.sequence else 2)
+        """(B, C) or, for a sequence loss, (B, T, V) logits, where ``self.output`` says."""
+        return extract_logits(output, self.output, dims=3 if self.sequence else 2)
 
     def losses(
         self, output: Any, targets: torch.Tensor, dtype: torch.dtype
@@ -129,5 +138,5 @@ class Objective:
     def check(self, output: Any, batch: int, targets: torch.Tensor) -> int:
         """``check_logits`` or ``check_token_logits``: the outputs, or EngineError."""
         if self.sequence:
-            return check_token_logits(output, batch, targets)
-        return check_logits(output, batch, targets)
+            return check_token_logits(output, batch, targets, self.output)
+        return check_logits(output, batch, targets, self.output)

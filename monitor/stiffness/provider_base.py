@@ -1,7 +1,7 @@
 """What every per-example gradient backend is built from: the model, the parameters selected,
-the probe tensors on the device, the precision, and the objective (the loss, and the attention
-mask the model is called with). One place, so backends differ only in how
-they compute gradients."""
+the probe tensors on the device, the precision, and the objective (the loss, the attention
+mask the model is called with, and where its output keeps the logits). One place, so backends
+differ only in how they compute gradients."""
 
 from __future__ import annotations
 

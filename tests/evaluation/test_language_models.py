@@ -115,7 +115,7 @@ def test_check_names_a_classifier_given_a_sequence_loss(tmp_path: Path) -> None:
     torch.save(data, tmp_path / "probe.pt")
     (problem,) = run_checks(config).problems
     assert problem == (
-        f"{config}: model.factory: model output must be (batch, positions, vocabulary) logits, "
+        f"{config}: model.output: model output must be (batch, positions, vocabulary) logits, "
         "got shape (2, 3) (stiffness.loss: causal_lm)"
     )
 
