@@ -64,6 +64,10 @@ def cap_device_memory(device: torch.device, limit: int | None) -> float | None:
     return fraction
 
 
+def _to(values: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else values.to(device)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A checkpoint's identity together with what the engine measured on it."""
@@ -112,6 +116,8 @@ class Evaluator:
             inputs=probe.inputs.to(self.device),
             targets=probe.targets.to(self.device),
             is_train=None if probe.is_train is None else probe.is_train.to(self.device),
+            token_targets=_to(probe.token_targets, self.device),
+            attention_mask=_to(probe.attention_mask, self.device),
             classes=probe.classes,
             source_indices=probe.source_indices,
             source=probe.source,
