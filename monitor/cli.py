@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from monitor import __version__
 from monitor.config.schema import StiffnessConfig, load_config
 from monitor.daemon.checks import run_checks
+from monitor.demo.command import add_demo_parser, run_demo_command
 from monitor.errors import (
     CheckpointError,
     ConfigError,
@@ -30,9 +31,11 @@ from monitor.errors import (
     ModelFactoryError,
     MonitorError,
     ProbeError,
+    UsageError,
 )
 from monitor.evaluation.summary import format_evaluation
 from monitor.extras import ExtraMissingError
+from monitor.report.command import add_report_parser, run_report
 from monitor.report.history import UnknownRunError
 from monitor.store.lock import StoreLockedError
 
@@ -45,6 +48,7 @@ CONFIG_ERRORS = (
     ExtraMissingError,
     UnknownRunError,
     StoreLockedError,  # another daemon holds the store
+    UsageError,  # --run or --attempt names nothing stored
 )
 
 log = logging.getLogger("monitor")
@@ -80,23 +84,27 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("-c", "--config", required=True, help="the YAML config file")
     backtest.add_argument("--rules", help="a rules file to try instead of the config's rules")
     backtest.add_argument("--run", help="only this run")
+    backtest.add_argument(
+        "--attempt", type=int, help="replay this attempt of each run (default: the latest)"
+    )
     backtest.add_argument("--json", action="store_true", help="print a JSON list")
+
+    reset = commands.add_parser(
+        "reset",
+        help="start a new attempt of a run by hand: fresh rules, history, best and stop",
+        description="Begins the run's next attempt in the store. A running daemon follows within "
+        "a second: it starts the run's rules afresh and removes the stop and best-checkpoint "
+        "files it wrote for the earlier attempt. Reruns into the same folder are detected "
+        "without this (the steps start again lower).",
+    )
+    reset.add_argument("-c", "--config", required=True, help="the YAML config file")
+    reset.add_argument("--run", required=True, help="the run's name")
 
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
 
-    report = commands.add_parser("report", help="render figures and an HTML page from the store")
-    report.add_argument("-c", "--config", required=True, help="the YAML config file")
-    report.add_argument("--out", required=True, type=Path, help="folder for index.html and PNGs")
-    report.add_argument("--run", help="only this run")
-    report.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        metavar="STEP",
-        help="checkpoints for the class heatmaps (nearest evaluated; default: 4 spread out)",
-    )
-    _demo_parser(commands)
+    add_report_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 
@@ -113,37 +121,6 @@ def _rank_flags(command: argparse.ArgumentParser) -> None:
         type=float,
         default=600.0,
         help="under torchrun: seconds a rank waits for the others before it fails (%(default)s)",
-    )
-
-
-def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from monitor.demo.runner import DemoOptions
-
-    d = DemoOptions()
-    demo = commands.add_parser(
-        "demo",
-        help="train a small net on digits with the daemon watching, stop it, show the report",
-        description="Runs a trainer and the daemon as subprocesses on scikit-learn's digits "
-        "(no download, no config) until the shipped default rules stop training.",
-    )
-    demo.add_argument(
-        "--workdir", type=Path, default=d.workdir, help="working folder (%(default)s)"
-    )
-    demo.add_argument("--noise", type=float, default=d.noise, help="label noise (%(default)s)")
-    demo.add_argument("--lr", type=float, default=d.lr, help="learning rate (%(default)s)")
-    demo.add_argument("--epochs", type=int, default=d.epochs, help="at most (%(default)s)")
-    demo.add_argument("--seed", type=int, default=d.seed, help="training seed (%(default)s)")
-    demo.add_argument(
-        "--epoch-seconds",
-        type=float,
-        default=d.epoch_seconds,
-        help="pad each epoch to this many seconds, as a slower job would be (%(default)s)",
-    )
-    demo.add_argument(
-        "--quick", action="store_true", help="short epochs and a smaller probe (for CI)"
-    )
-    demo.add_argument(
-        "--keep-running", action="store_true", help="keep the daemon running until Ctrl-C"
     )
 
 
@@ -213,7 +190,7 @@ def _backtest(args: argparse.Namespace) -> int:
         spec = config.rules
     rules = load_rules(spec, config.source, config.source.read_text(encoding="utf-8"))
     label = "inline" if isinstance(spec, list) else rules.source
-    results = backtest_store(config.store.path, rules, label, args.run)
+    results = backtest_store(config.store.path, rules, label, args.run, args.attempt)
     if args.json:
         print(json.dumps([item.to_dict() for item in results], allow_nan=False))
     else:
@@ -221,6 +198,22 @@ def _backtest(args: argparse.Namespace) -> int:
             print(format_backtest(item))
         if not results:
             print(f"no stored evaluations in {config.store.path}")
+    return EXIT_OK
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from monitor.store.store import Store
+
+    config = load_config(args.config)
+    names = [run.name for run in config.runs]
+    if args.run not in names:
+        raise UsageError(f"--run {args.run}: no such run in {config.source} (runs: "
+                         f"{', '.join(names)})")  # fmt: skip
+    if not config.store.path.is_file():
+        raise UsageError(f"{config.store.path}: no store yet; nothing to reset")
+    with Store(config.store.path) as store:
+        attempt = store.start_attempt(args.run, "reset by hand")
+    print(f"run {args.run}: attempt {attempt} begins (a running daemon follows at its next turn)")
     return EXIT_OK
 
 
@@ -239,32 +232,6 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace) -> int:
-    from monitor.report.writer import write_report
-
-    page = write_report(args.config, args.out, args.run, args.steps)
-    print(f"report: {page}")
-    return EXIT_OK
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from monitor.demo.runner import DemoOptions, run_demo
-
-    if not 0.0 <= args.noise <= 1.0 or args.lr <= 0 or args.epochs < 1:
-        raise ConfigError("--noise must be in [0, 1], --lr above 0 and --epochs at least 1")
-    options = DemoOptions(
-        workdir=args.workdir,
-        noise=args.noise,
-        lr=args.lr,
-        epochs=args.epochs,
-        seed=args.seed,
-        epoch_seconds=0.5 if args.quick else args.epoch_seconds,
-        per_class=10 if args.quick else DemoOptions.per_class,
-        keep_running=args.keep_running,
-    )
-    return run_demo(options)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -273,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _check,
         "watch": _watch,
         "backtest": _backtest,
-        "report": _report,
-        "demo": _demo,
+        "reset": _reset,
+        "report": run_report,
+        "demo": run_demo_command,
     }
     try:
         return handlers[args.command](args)
@@ -284,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, EngineError, MonitorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    except OSError as exc:  # e.g. the metrics port is taken, the store folder unwritable
+    except OSError as exc:  # e.g. the store folder unwritable
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

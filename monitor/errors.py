@@ -44,3 +44,7 @@ class ProbeError(MonitorError):
 
 class EngineError(MonitorError):
     """The engine cannot evaluate this model on this probe (wrong output shape, out of memory)."""
+
+
+class UsageError(MonitorError):
+    """A command-line argument names something that is not there (a run, an attempt)."""

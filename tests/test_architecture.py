@@ -50,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "distributed",
         "stiffness",
     },
-    "report": {"store", "config"},
+    "report": {"store", "rules", "config"},
     "demo": {"report", "rules", "store", "stopping", "config"},
     "cli": {"daemon", "demo", "report", "evaluation", "distributed", "rules", "store", "config"},
     "__main__": {"cli"},

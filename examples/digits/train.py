@@ -52,6 +52,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss()
     args.out.mkdir(parents=True, exist_ok=True)
     stop_file = args.stop_file or args.out / "STOP"
+    started = time.time()  # a stop file older than this is an earlier run's: ignored
     step = 0
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(len(targets))
@@ -70,7 +71,7 @@ def main() -> None:
         os.replace(temporary, final)
         print(f"epoch {epoch:3d}  step {step:5d}  loss {loss.item():.4f}  -> {final}", flush=True)
         time.sleep(args.epoch_pause)
-        if should_stop(stop_file):
+        if should_stop(stop_file, since=started):
             print(f"stop file {stop_file} found: stopping after epoch {epoch}", flush=True)
             return
 

@@ -17,8 +17,28 @@ from monitor.stiffness.inputs import EngineOptions
 
 
 class ModelConfig(Section):
+    """The model the weights go into, and where its output keeps the logits: ``output``
+    names a key, attribute or index of the output; ``output_fn`` a function picking them."""
+
     factory: str | None = Field(None, pattern=FACTORY_PATTERN)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    output: str | int | None = None
+    output_fn: str | None = Field(None, pattern=FACTORY_PATTERN)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _key_or_index(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ValueError(f"expected a key, attribute name or index, got {short(value)}")
+        if value == "":
+            raise ValueError("expected a key, attribute name or index, got ''")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ModelConfig:
+        if self.output is not None and self.output_fn is not None:
+            raise ValueError("expected at most one of 'output' or 'output_fn', got both")
+        return self
 
 
 CheckpointFormat = Literal[
@@ -79,7 +99,7 @@ class StiffnessConfig(Section):
     exclude: list[str] = Field(default_factory=list)
     min_grad_norm: float = Field(1e-10, ge=0)
     distance_bins: int = Field(20, ge=1)
-    loss: Literal["cross_entropy"] = "cross_entropy"
+    loss: Literal["cross_entropy", "causal_lm", "token_cross_entropy"] = "cross_entropy"
     uncertainty: bool = False
     backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
 
@@ -105,4 +125,5 @@ class StiffnessConfig(Section):
             memory_limit=self.memory_limit,
             uncertainty=self.uncertainty,
             backend=self.backend,
+            loss=self.loss,
         )

@@ -21,6 +21,7 @@ import torch
 
 from monitor.config.quoting import cut, short
 from monitor.errors import ModelFactoryError, MonitorError
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
 
 
 def add_import_path(base_dir: Path) -> None:
@@ -75,6 +76,14 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             f"{short(spec)}: expected it to return a torch.nn.Module, got {type(model).__name__}"
         )
     return model
+
+
+def output_spec(output: str | int | None, output_fn: str | None) -> OutputSpec:
+    """Where the model's output keeps its logits, from ``model.output`` and
+    ``model.output_fn`` (imported here, so a bad one fails at start-up, not per checkpoint)."""
+    if output_fn is not None:
+        return OutputSpec(function=import_callable(output_fn, what="model.output_fn"))
+    return DEFAULT_OUTPUT if output is None else OutputSpec(field=output)
 
 
 def _stdlib_dirs() -> tuple[Path, ...]:

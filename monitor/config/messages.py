@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from monitor.config.quoting import cut, short
 from monitor.config.reader import compose_yaml
+from monitor.config.suggestions import suggestion
 
 _EXPECTATIONS = {
     "int_parsing": "an integer",
@@ -100,19 +101,26 @@ def _message(error: Any) -> str:
 
 
 def describe_validation_error(
-    exc: ValidationError, source: Path, text: str | None, tags: Sequence[str] = ()
+    exc: ValidationError,
+    source: Path,
+    text: str | None,
+    tags: Sequence[str] = (),
+    model: type[BaseModel] | None = None,
 ) -> list[str]:
     """One line per problem, in file order where line numbers are known.
 
     ``tags`` are discriminator values (rule kinds) that pydantic puts into locations; they
-    are not keys of the file, so they are dropped from the key path.
+    are not keys of the file, so they are dropped from the key path. ``model``, the file's
+    pydantic model, lets an unknown key name the key that was meant ("did you mean").
     """
     root = compose_yaml(text) if text is not None else None
     lines: list[tuple[int, str]] = []
     for error in exc.errors():
-        loc = [item for item in _clean_loc(error["loc"]) if item not in tags]
+        tagged = _clean_loc(error["loc"])
+        loc = [item for item in tagged if item not in tags]
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else str(source)
-        lines.append((line or 0, f"{where}: {_location(loc)}: {_message(error)}"))
+        hint = suggestion(model, tagged) if error["type"] == "extra_forbidden" else ""
+        lines.append((line or 0, f"{where}: {_location(loc)}: {_message(error)}{hint}"))
     lines.sort(key=lambda item: item[0])
     return [message for _, message in lines]

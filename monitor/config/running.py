@@ -1,10 +1,12 @@
 """The sections that say how the daemon runs: which ``runs`` it ``watch``es, where the
 ``stop`` file goes, how ``metrics`` are served (its certificate and password file are checked
-here, so ``check`` sees them before the daemon starts), the ``store`` and ``logging``.
+here, so ``check`` sees them before the daemon starts), where ``tensorboard`` event files go,
+the ``store`` and ``logging``.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 import string
 from pathlib import Path
@@ -42,24 +44,48 @@ class WatchConfig(Section):
     corrupt_after: float = Field(30.0, gt=0)  # a failed file must stay unchanged this long
 
 
+def path_template(value: str) -> str:
+    """A path template naming only ``{run_dir}`` and ``{run}`` (``stop.file``,
+    ``tensorboard.dir``), else a ValueError."""
+    # Plain fields only: a format spec such as {run_dir:>2000000000} would build gigabytes.
+    try:
+        fields = [item[1:] for item in string.Formatter().parse(value) if item[1] is not None]
+    except ValueError:  # an unmatched brace
+        fields = [("", "", None)]
+    if any(name not in ("run_dir", "run") or spec or conv for name, spec, conv in fields):
+        raise ValueError(
+            f"expected a path template using only {{run_dir}} and {{run}}, got {short(value)}"
+        )
+    return value
+
+
+def expand_path_template(template: str, run: RunConfig, base_dir: Path) -> Path:
+    """One run's path from a template; a relative result is relative to ``base_dir`` (the
+    config file's folder). Not resolved: a symlink planted at the target must stay visible."""
+    path = Path(template.format(run_dir=os.fspath(run.path), run=run.name)).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
 class StopConfig(Section):
     file: str = "{run_dir}/STOP"
+    best_file: str | None = "{run_dir}/best_checkpoint.json"  # None: not written
     on_stop: list[str] | None = Field(None, min_length=1)
     on_stop_timeout: float = Field(30.0, gt=0)
 
-    @field_validator("file")
+    @field_validator("file", "best_file")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
-        # Plain fields only: a format spec such as {run_dir:>2000000000} would build gigabytes.
-        try:
-            fields = [item[1:] for item in string.Formatter().parse(value) if item[1] is not None]
-        except ValueError:  # an unmatched brace
-            fields = [("", "", None)]
-        if any(name not in ("run_dir", "run") or spec or conv for name, spec, conv in fields):
-            raise ValueError(
-                f"expected a path template using only {{run_dir}} and {{run}}, got {short(value)}"
-            )
-        return value
+    def _known_fields(cls, value: str | None) -> str | None:
+        return None if value is None else path_template(value)
+
+
+class TensorBoardConfig(Section):
+    """Event files of every evaluation (``monitor.exporter.tensorboard``); on by default, in a
+    folder inside the run's, so a TensorBoard pointed at the run's folder shows them."""
+
+    enabled: bool = True
+    dir: str = "{run_dir}/stiffness-monitor"
+
+    _known_fields = field_validator("dir")(path_template)
 
 
 class MetricsConfig(Section):

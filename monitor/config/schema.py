@@ -31,9 +31,12 @@ from monitor.config.running import (
     RunConfig,
     StopConfig,
     StoreConfig,
+    TensorBoardConfig,
     WatchConfig,
+    expand_path_template,
 )
 from monitor.config.section import Section, parse_bytes, resolve_path
+from monitor.config.section import base_dir as config_folder
 from monitor.errors import ConfigError
 
 __all__ = [  # the whole file's model: every section is part of it
@@ -49,6 +52,7 @@ __all__ = [  # the whole file's model: every section is part of it
     "StiffnessConfig",
     "StopConfig",
     "StoreConfig",
+    "TensorBoardConfig",
     "WatchConfig",
     "load_config",
     "parse_bytes",
@@ -68,6 +72,7 @@ class MonitorConfig(Section):
     rules: Path | list[dict[str, Any]] | None = None
     stop: StopConfig = Field(default_factory=StopConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tensorboard: TensorBoardConfig = Field(default_factory=TensorBoardConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     source: Path = Field(Path("<memory>"), exclude=True)
@@ -97,9 +102,28 @@ class MonitorConfig(Section):
             raise ValueError(f"expected unique run names, got duplicates {short(duplicates)}")
         return runs
 
+    @field_validator("tensorboard")
+    @classmethod
+    def _own_folders(cls, value: TensorBoardConfig, info: ValidationInfo) -> TensorBoardConfig:
+        """Two runs writing to one folder would show as one TensorBoard run, mixing steps."""
+        folders: dict[Path, str] = {}
+        for run in info.data.get("runs", []) if value.enabled else []:
+            folder = expand_path_template(value.dir, run, config_folder(info))
+            if folder in folders:
+                raise ValueError(
+                    f"expected one folder per run, got {short(str(folder), 200)} for runs "
+                    f"{folders[folder]} and {run.name} (use {{run}} or {{run_dir}} in dir)"
+                )
+            folders[folder] = run.name
+        return value
+
     @property
     def base_dir(self) -> Path:
         return self.source.parent
+
+    def tensorboard_dir(self, run: RunConfig) -> Path:
+        """Where ``run``'s TensorBoard event files go (``tensorboard.dir`` expanded)."""
+        return expand_path_template(self.tensorboard.dir, run, self.base_dir)
 
 
 def parse_config(data: Any, source: Path, text: str | None = None) -> MonitorConfig:
@@ -114,7 +138,9 @@ def parse_config(data: Any, source: Path, text: str | None = None) -> MonitorCon
             {**data, "source": source}, context={"base_dir": source.parent}
         )
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source, text)) from None
+        raise ConfigError(
+            describe_validation_error(exc, source, text, model=MonitorConfig)
+        ) from None
 
 
 def load_config(path: str | Path) -> MonitorConfig:

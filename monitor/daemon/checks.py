@@ -1,8 +1,10 @@
-"""``check``: everything that can be validated before the first checkpoint exists.
+"""``check``: everything that can be validated before the daemon starts.
 
 A sidecar that dies on its first checkpoint, hours into a run, because of a typo in its
-config is worse than useless; ``check`` finds such problems at deploy time. It keeps going
-after the first problem so the operator sees all of them at once.
+config is worse than useless; ``check`` finds such problems at deploy time: the config and
+rules, the model against the probe, the newest checkpoint of each run loaded into the model
+(``newest_checkpoints``), and the metrics port, bound and released. It keeps going after the
+first problem so the operator sees all of them at once.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ from pathlib import Path
 
 import torch
 
-from monitor.config.factory import add_import_path, build_model, standard_library_factory
+from monitor.config.factory import (
+    add_import_path,
+    build_model,
+    output_spec,
+    standard_library_factory,
+)
 from monitor.config.quoting import cut, short
 from monitor.config.schema import MonitorConfig, load_config
+from monitor.daemon.newest_checkpoints import check_newest_checkpoints
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
+from monitor.exporter.binding import try_bind
 from monitor.probe.sampling import load_probe
 from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
 from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.outputs import Objective, OutputSpec
+from monitor.store.lock import running_daemon
 
 
 @dataclass
@@ -29,27 +40,61 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_output(model: torch.nn.Module, probe: ProbeSet, source: Path) -> str | None:
-    """Run two probe examples through the model: the output must be (B, classes) logits."""
+def _check_output(
+    model: torch.nn.Module, probe: ProbeSet, spec: OutputSpec, loss: str = "cross_entropy"
+) -> str | None:
+    """Run two probe examples through the model: the output must hold (B, classes) logits, or
+    (B, T, V) logits the probe's token labels fit for a sequence ``loss``, where
+    ``model.output``/``model.output_fn`` say (the engine's own reading of it)."""
     model.eval()
+    objective = Objective(loss, probe.attention_mask, spec)
+    if objective.sequence and probe.token_targets is None:
+        return (
+            f"stiffness.loss: {loss} needs per-token labels, but the probe has no "
+            "'token_targets' (N, T)"
+        )
     try:
         with torch.no_grad():
-            output = model(probe.inputs[:2])
+            mask = objective.mask(0, 2, probe.inputs.device)
+            output = objective.call(model, probe.inputs[:2], mask)
     except Exception as exc:  # the operator's model on the operator's probe
         failure = f"{type(exc).__name__}: {cut(str(exc))}"
-        return f"{source}: model.factory: the model fails on probe inputs: {failure}"
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    logits = getattr(output, "logits", output)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        return f"{source}: model.factory: expected (batch, classes) logits, got {shape}"
+        return f"model.factory: the model fails on probe inputs: {failure}"
+    named = f" (stiffness.loss: {loss})" if objective.sequence else ""
+    try:
+        logits = objective.logits(output)
+    except EngineError as exc:
+        return f"model.output: {exc}{named}"
+    if objective.sequence:  # token logits at the labels' positions, labels in the vocabulary
+        assert probe.token_targets is not None
+        try:
+            objective.check(output, min(2, probe.size), probe.token_targets)
+        except EngineError as exc:
+            return f"probe: {exc}{named}"
+        return None
     largest = max(probe.classes)
     if largest >= logits.shape[1]:
-        return (
-            f"{source}: probe: target class {largest} but the model has {logits.shape[1]} outputs"
-        )
+        return f"probe: target class {largest} but the model has {logits.shape[1]} outputs"
     return None
+
+
+def _check_port(config: MonitorConfig, report: CheckReport) -> None:
+    """Bind the metrics port and release it: a taken port is a problem now, not at start-up."""
+    metrics = config.metrics
+    if not metrics.enabled or metrics.port == 0:
+        return
+    try:
+        try_bind(metrics.host, metrics.port)
+    except ConfigError as exc:
+        holder = running_daemon(config.store.path)
+        if holder is None:
+            report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
+            return
+        who = f"PID {holder}" if holder else "a daemon"
+        report.warnings.append(
+            f"{config.source}: metrics.port: {metrics.host}:{metrics.port} is in use by this "
+            f"config's running daemon ({who}, holding {config.store.path}); fine while it runs"
+        )
 
 
 def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
@@ -63,6 +108,21 @@ def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
     existing = next((p for p in (store_dir, *store_dir.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK):
         report.problems.append(f"{config.source}: store.path: {existing} is not writable")
+
+
+def _check_tensorboard(config: MonitorConfig, report: CheckReport) -> None:
+    """Warnings, not problems: the daemon runs without its TensorBoard events."""
+    for run in config.runs if config.tensorboard.enabled else []:
+        folder = config.tensorboard_dir(run)
+        existing = next(p for p in (folder, *folder.parents) if p.is_symlink() or p.exists())
+        if existing == folder and (folder.is_symlink() or not folder.is_dir()):
+            why = "a symlink (never followed)" if folder.is_symlink() else "not a folder"
+        elif existing != folder and not os.access(existing, os.W_OK):
+            why = f"to be created in {existing}, which is not writable"
+        else:
+            continue
+        report.warnings.append(f"{config.source}: tensorboard.dir: {folder} (run {run.name}) is "
+                               f"{why}: its events will not be written")  # fmt: skip
 
 
 def _check_factory_origins(config: MonitorConfig, report: CheckReport) -> None:
@@ -111,6 +171,11 @@ def run_checks(config_path: str | Path) -> CheckReport:
         report.problems.extend(exc.problems)
     add_import_path(config.base_dir)
     _check_factory_origins(config, report)
+    spec = OutputSpec()
+    try:
+        spec = output_spec(config.model.output, config.model.output_fn)
+    except ModelFactoryError as exc:
+        report.problems.append(f"{source}: {exc}")
     model = None
     if config.model.factory is None:
         report.notes.append("model       none configured: only TorchScript/export checkpoints")
@@ -130,9 +195,17 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
     if model is not None and probe is not None:
-        problem = _check_output(model, probe, source)
+        problem = _check_output(model, probe, spec, config.stiffness.loss)
         if problem:
-            report.problems.append(problem)
+            report.problems.append(f"{source}: {problem}")
+    if model is not None or config.model.factory is None:  # a broken factory: said above
+        check_newest_checkpoints(
+            config, model,
+            lambda module: (
+                None if probe is None else _check_output(module, probe, spec, config.stiffness.loss)
+            ),
+            report.problems, report.warnings, report.notes,
+        )  # fmt: skip
     try:
         from monitor.evaluation.evaluator import resolve_device
 
@@ -140,4 +213,6 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except EngineError as exc:
         report.problems.append(f"{source}: {exc}")
     _check_paths(config, report)
+    _check_port(config, report)
+    _check_tensorboard(config, report)
     return report

@@ -6,7 +6,8 @@ floats per evaluation) and always agrees with the stored history, even after a c
 storing an evaluation and storing its verdicts. Each verdict, the rules' state and a stop are
 written in one transaction. A stop is raised once per run and never retracted: the store
 keeps it, the metric stays at 1, and the stop file is never rewritten once the operator has
-removed it (deleting it is how an operator lets a run continue).
+removed it (deleting it is how an operator lets a run continue). A rerun into the same folder
+is a new *attempt* (``attempts``): it starts with fresh rules, no stop and no best checkpoint.
 
 The stop is committed before its file is written, and stays pending in the store until the
 file is there: a write that fails (full disk, permissions, I/O error) or a kill between the
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config.schema import MonitorConfig, RunConfig
+from monitor.daemon.best_keeper import BestKeeper
 from monitor.evaluation.evaluator import Evaluation
 from monitor.exporter.metrics import MonitorMetrics
 from monitor.rules.engine import RuleEngine
@@ -34,6 +36,7 @@ from monitor.stopping.on_stop import run_on_stop
 from monitor.stopping.stop_file import (
     StopSignal,
     StopSignalError,
+    remove_earlier_attempt,
     stop_file_path,
     write_stop_file,
 )
@@ -96,13 +99,19 @@ class RunDecisions:
         self.store, self.metrics = store, metrics
         self.stop_file: Path = stop_file_path(config.stop.file, run.name, run.path, config.base_dir)
         self.engine = RuleEngine(rules)
+        self.best = BestKeeper(run, rules, config, metrics)
         self._pending: StopSignal | None = None  # stored, its stop file not written yet
         self._failures = 0  # failed writes of the pending stop: the first is logged and counted
         self._resumed = False  # pending when this object was built: say so once it is written
-        history = sorted(store.evaluations(run.name), key=lambda stored: stored.id)
+        self.attempt = store.current_attempt(run.name)
+        self.best.attempt = self.attempt
+        metrics.run_state.set_attempt(run.name, self.attempt)
+        history = sorted(store.evaluations(run.name, self.attempt), key=lambda e: e.id)
         for stored in history:
             self.engine.observe(stored.step, stored.result)
-        raised = store.stop_for(run.name)
+            self.best.replay(stored.step, stored.result, stored.path)
+        self.best.publish()
+        raised = store.stop_for(run.name, self.attempt)
         metrics.set_early_stop(run.name, raised is not None)
         metrics.set_stop_pending(run.name, raised is not None and raised.pending)
         if raised is not None:
@@ -130,12 +139,40 @@ class RunDecisions:
 
     def observe(self, evaluation_id: int, evaluation: Evaluation) -> None:
         """Judge one stored evaluation, store the verdicts, raise the stop if it is new."""
-        decisions = self.engine.observe(evaluation.step, evaluation.to_dict())
+        self.follow_attempt()
+        result = evaluation.to_dict()
+        decisions = self.engine.observe(evaluation.step, result)
         with self.store.transaction():
             self.store.record_decisions(self.run.name, evaluation_id, decisions)
             self.store.save_rule_states(self.run.name, self.engine.state())
-        if any(d.stop for d in decisions) and self.store.stop_for(self.run.name) is None:
+        self.best.observe(evaluation.step, result, evaluation.checkpoint)
+        stopped = self.store.stop_for(self.run.name, self.attempt) is not None
+        if any(d.stop for d in decisions) and not stopped:
             self._raise(evaluation_id, evaluation.step, evaluation.checkpoint, self.engine.state())
+
+    def follow_attempt(self) -> bool:
+        """Start afresh when the store holds a newer attempt (a rerun was detected, or
+        ``stiffness-monitor reset``): new rule state, no stop, no best, and the earlier
+        attempt's stop and best files removed. True when a new attempt began here."""
+        current = self.store.current_attempt(self.run.name)
+        if current == self.attempt:
+            return False
+        why = self.store.attempts(self.run.name)[-1].reason
+        log.warning(
+            "run %s: attempt %d begins (%s); rules, history, best checkpoint and stop start "
+            "afresh", self.run.name, current, why,
+            extra={"fields": {"run": self.run.name, "attempt": current}},
+        )  # fmt: skip
+        self.attempt = current
+        self.engine = RuleEngine(self.rules)
+        self._pending, self._failures, self._resumed = None, 0, False
+        self.metrics.run_state.set_attempt(self.run.name, current)
+        self.metrics.set_early_stop(self.run.name, False)
+        self.metrics.set_stop_pending(self.run.name, False)
+        self.best.begin(current)
+        if remove_earlier_attempt(self.stop_file, self.run.name, current):
+            log.info("removed the stop file %s of an earlier attempt", self.stop_file)
+        return True
 
     def retry_pending_stop(self) -> None:
         """Write the stop file of a stop raised but not written yet; nothing when none is.
@@ -161,7 +198,7 @@ class RunDecisions:
             else:
                 log.debug("stop file still not written: %s", error)
             return
-        first = self.store.mark_stop_written(self.run.name)
+        first = self.store.mark_stop_written(self.run.name, self.attempt)
         self._pending = None
         self.metrics.set_stop_pending(self.run.name, False)
         if self._failures or self._resumed:
@@ -193,10 +230,11 @@ class RunDecisions:
             metric=metric,
             value=value,
             best=best,
+            attempt=self.attempt,
+            best_checkpoint=None if self.best.best is None else self.best.best.to_dict(),
         )
-        if not self.store.record_stop(
-            self.run.name, evaluation_id, point.rule, point.reason, signal.to_dict()
-        ):
+        if not self.store.record_stop(self.run.name, evaluation_id, point.rule, point.reason,
+                                      signal.to_dict(), self.attempt):  # fmt: skip
             return
         self._pending = signal  # committed: from here a failed write is retried, not lost
         self.metrics.set_early_stop(self.run.name, True)

@@ -21,6 +21,7 @@ from types import FrameType
 
 from monitor.config.schema import MonitorConfig
 from monitor.daemon.bad_input import Failure
+from monitor.daemon.boards import Boards
 from monitor.daemon.health import Health
 from monitor.daemon.held_writes import HeldWrites
 from monitor.daemon.outcomes import (
@@ -33,7 +34,7 @@ from monitor.daemon.store_guard import StoreGuard
 from monitor.daemon.watchers import Watchers
 from monitor.daemon.work_queue import CheckpointQueue, Taken
 from monitor.distributed.launch import RankFailure
-from monitor.errors import CheckpointError, EngineError
+from monitor.errors import CheckpointError, ConfigError, EngineError
 from monitor.evaluation.evaluator import Evaluation, Evaluator
 from monitor.exporter.metrics import MonitorMetrics
 from monitor.exporter.server import MetricsServer
@@ -78,7 +79,8 @@ class Daemon:
         self._guard = StoreGuard(self.metrics, self.health)
         self._held = HeldWrites()
         self.rules = RunRules(config, self.metrics, self._held)
-        self._record = Recorder(self.metrics, self._held, self.rules.observe)
+        self.boards = Boards(config, self.metrics)
+        self._record = Recorder(self.metrics, self._held, self._decide)
         self._retake: Taken | None = None  # taken from the queue, not processed: store failed
         self._exit_code = 0
 
@@ -114,6 +116,11 @@ class Daemon:
         self.metrics.count_error(run, reason)
         self._problems.put(Problem(run, path, reason, message))
 
+    def _decide(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
+        """Rules first; then TensorBoard, as its own held write, shows what they stored."""
+        self.rules.observe(store, evaluation_id, evaluation)
+        self._held.add_next(lambda store: self.boards.evaluated(store, evaluation_id, evaluation))
+
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -126,8 +133,13 @@ class Daemon:
         try:
             if config.metrics.enabled:  # first, so /healthz answers while the model loads
                 health = self.health
-                server = MetricsServer(self.metrics.registry, health.is_ready, config.metrics,
-                                       is_live=health.is_live).start()  # fmt: skip
+                try:
+                    server = MetricsServer(
+                        self.metrics.registry, health.is_ready, config.metrics,
+                        is_live=health.is_live,
+                    ).start()  # fmt: skip
+                except ConfigError as error:  # a taken port, unreadable TLS files: exit 2
+                    raise ConfigError(f"{config.source}: {error}") from None
                 self.metrics_port = server.port
                 log.info("metrics on %s", server.url)
             evaluator = self._make_evaluator(config)
@@ -138,6 +150,7 @@ class Daemon:
                 for run in config.runs:
                     self.metrics.add_run(run.name)
                 self.rules.start(store)
+                self.boards.start(store, self._stop.is_set)
                 watchers.start()
                 self.health.start()
                 self.metrics.set_ready(self.health.is_ready())
@@ -153,6 +166,7 @@ class Daemon:
             self.health.finish()
             self.metrics.set_ready(False)
             watchers.stop()
+            self.boards.close()
             if server is not None:
                 server.stop()
             lock.release()
@@ -172,6 +186,7 @@ class Daemon:
                 self._stop.wait(min(wait, TAKE_TIMEOUT))
                 continue
             try:
+                self.rules.follow_attempts()  # a reset by hand, from another process
                 for decisions in self.rules.decisions.values():  # stop files not written yet
                     decisions.retry_pending_stop()
                 busy = self._turn(store, evaluator)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from monitor.daemon.attempts import new_attempt_reason
 from monitor.daemon.bad_input import BadInput, Failure
 from monitor.daemon.held_writes import HeldWrites
 from monitor.daemon.outcomes import Problem, export_evaluation, record_error, record_problem
@@ -23,6 +24,18 @@ from monitor.watching import Candidate
 log = logging.getLogger("monitor.daemon")
 
 Decide = Callable[[Store, int, Evaluation], None]
+
+
+def attempt_of(store: Store, candidate: Candidate, step: int | None) -> int:
+    """The attempt this evaluation belongs to, beginning the next one when it is a rerun's.
+
+    Run again after a failed write: the new attempt is then already current and holds
+    nothing, so it is not begun twice."""
+    current = store.current_attempt(candidate.run)
+    evaluated = store.checkpoints_of(candidate.run, current)
+    path = str(candidate.path)
+    reason = new_attempt_reason(evaluated, path, step, candidate.fingerprint, candidate.mtime_ns)
+    return current if reason is None else store.start_attempt(candidate.run, reason)
 
 
 class Recorder:
@@ -48,8 +61,10 @@ class Recorder:
 
     def evaluation(self, candidate: Candidate, evaluation: Evaluation, duration: float) -> None:
         def write(store: Store) -> None:
+            attempt = attempt_of(store, candidate, evaluation.step)
             evaluation_id = store.record_evaluation(
                 candidate.run,
+                attempt=attempt,
                 path=str(candidate.path),
                 fingerprint=candidate.fingerprint,
                 size=candidate.size,

@@ -48,6 +48,13 @@ class RunRules:
         for name, decisions in self.decisions.items():  # the replayed state, before any news
             self.metrics.set_rule_states(name, decisions.rules, decisions.engine.state())
 
+    def follow_attempts(self) -> None:
+        """Each run whose store holds a newer attempt (``reset`` from another process) starts
+        afresh; the loop calls it every turn."""
+        for name, decisions in self.decisions.items():
+            if decisions.follow_attempt():
+                self.metrics.set_rule_states(name, decisions.rules, decisions.engine.state())
+
     def observe(self, store: Store, evaluation_id: int, evaluation: Evaluation) -> None:
         """Hand the stored evaluation to its run's rules (verdicts, stop signal)."""
         decisions = self.decisions.get(evaluation.run or "")

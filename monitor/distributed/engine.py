@@ -20,6 +20,7 @@ from monitor.distributed.sharded import ParameterSharded
 from monitor.distributed.shares import example_spans, literal_pattern, parameter_shares
 from monitor.stiffness import compute_stiffness
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.result import StiffnessResult
 
@@ -42,15 +43,21 @@ class DistributedEngine:
         probe: ProbeSet,
         options: EngineOptions,
         device: torch.device,
+        *,
+        output: OutputSpec = DEFAULT_OUTPUT,
     ) -> StiffnessResult:
         group = self.group
         if self.split == "examples":
             example_spans(probe.size, group.world_size)  # every rank gets an example, or error
-            return compute_stiffness(model, probe, options, device, runner=ExampleParallel(group))
+            return compute_stiffness(
+                model, probe, options, device, output=output, runner=ExampleParallel(group)
+            )
         selection = select_parameters(model, options.include, options.exclude)
         sizes = [int(selection.params[name].numel()) for name in selection.names]
         share = parameter_shares(selection.names, sizes, group.world_size)[group.rank]
         mine = replace(options, include=tuple(literal_pattern(n) for n in share), exclude=())
-        result = compute_stiffness(model, probe, mine, device, runner=ParameterSharded(group))
+        result = compute_stiffness(
+            model, probe, mine, device, output=output, runner=ParameterSharded(group)
+        )
         # The engine counted this rank's share; the numbers are over the whole selection.
         return replace(result, counts=replace(result.counts, parameters=selection.numel))

@@ -10,26 +10,38 @@ itself: loading lives in ``monitor.checkpoints`` and ``monitor.probe``, the numb
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from monitor.checkpoints.loading import load_weights
 from monitor.checkpoints.reader import LoadedCheckpoint, read_checkpoint
-from monitor.config.factory import add_import_path, build_model
+from monitor.config.factory import add_import_path, build_model, output_spec
 from monitor.config.schema import MonitorConfig
 from monitor.errors import CheckpointError, EngineError
 from monitor.probe.sampling import load_probe
 from monitor.stiffness import compute_stiffness
 from monitor.stiffness.engine import class_ordered
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.outputs import OutputSpec
 from monitor.stiffness.result import StiffnessResult
 
-#: What computes a result: ``compute_stiffness``, or a distributed engine with its signature.
-Engine = Callable[[torch.nn.Module, ProbeSet, EngineOptions, torch.device], StiffnessResult]
+
+class Engine(Protocol):
+    """What computes a result: ``compute_stiffness``, or a distributed engine called the
+    same way."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        probe: ProbeSet,
+        options: EngineOptions,
+        device: torch.device,
+        *,
+        output: OutputSpec = ...,
+    ) -> StiffnessResult: ...
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -66,6 +78,10 @@ def cap_device_memory(device: torch.device, limit: int | None) -> float | None:
     fraction = min(1.0, limit / total)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return fraction
+
+
+def _to(values: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else values.to(device)
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class Evaluator:
         self.options = config.stiffness.engine_options()
         cap_device_memory(self.device, self.options.memory_limit)
         add_import_path(config.base_dir)
+        self.output = output_spec(config.model.output, config.model.output_fn)
         self._model: torch.nn.Module | None = None
         if config.model.factory is not None:
             self._model = build_model(config.model.factory, config.model.kwargs)
@@ -121,6 +138,8 @@ class Evaluator:
             inputs=probe.inputs.to(self.device),
             targets=probe.targets.to(self.device),
             is_train=None if probe.is_train is None else probe.is_train.to(self.device),
+            token_targets=_to(probe.token_targets, self.device),
+            attention_mask=_to(probe.attention_mask, self.device),
             classes=probe.classes,
             source_indices=probe.source_indices,
             source=probe.source,
@@ -143,7 +162,7 @@ class Evaluator:
         loaded = read_checkpoint(path, self.config.checkpoint)
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
-        result = self._engine(model, self.probe, self.options, self.device)
+        result = self._engine(model, self.probe, self.options, self.device, output=self.output)
         if self._order is not None:  # per-example values in the probe source's order again
             norms: list[float | None] = [None] * len(result.gradient_norms)
             for position, example in enumerate(self._order.tolist()):

@@ -32,6 +32,7 @@ from prometheus_client import (
 
 from monitor import __version__
 from monitor.exporter.rule_readings import rule_readings
+from monitor.exporter.run_state import RunStateMetrics
 from monitor.rules.spec import RuleSet
 
 log = logging.getLogger("monitor.metrics")
@@ -116,15 +117,9 @@ class MonitorMetrics:
         self.step = gauge(
             "stiffness_checkpoint_step", "Training step of the latest evaluated checkpoint"
         )
-        self.early_stop = gauge(
-            "stiffness_early_stop",
-            "1 once the rules have raised the stop signal for the run, else 0",
-        )
-        self.stop_pending = gauge(
-            "stiffness_stop_pending",
-            "1 while the run's stop is raised but its stop file not yet written (retried every "
-            "loop turn), else 0",
-        )
+        self.run_state = RunStateMetrics(r)  # attempt, stop and best checkpoint
+        self.early_stop = self.run_state.early_stop
+        self.stop_pending = self.run_state.stop_pending
         self.discovered = counter(
             "stiffness_checkpoints_discovered",
             "Complete checkpoints found and queued for evaluation (those evaluated before a "
@@ -143,6 +138,11 @@ class MonitorMetrics:
             "Checkpoints skipped without evaluation (reason backlog-latest: passed over by the "
             "'latest' backlog policy)",
             ("run", "reason"),
+        )
+        self.tensorboard_failures = counter(
+            "stiffness_tensorboard_write_failures",
+            "TensorBoard writes that failed (full disk, permissions, a symlink where the folder "
+            "should be); the evaluations stay stored and are written once a write works again",
         )
         self.duration = Histogram(
             "stiffness_evaluation_duration_seconds",
@@ -190,6 +190,7 @@ class MonitorMetrics:
         self.queue_depth.labels(run=run).set(0)
         self.evaluated.labels(run=run)
         self.discovered.labels(run=run)
+        self.tensorboard_failures.labels(run=run)
 
     def observe_evaluation(
         self,
@@ -259,6 +260,9 @@ class MonitorMetrics:
     def count_error(self, run: str, reason: str) -> None:
         self.errors.labels(run=run, reason=reason).inc()
 
+    def count_tensorboard_failure(self, run: str) -> None:
+        self.tensorboard_failures.labels(run=run).inc()
+
     def count_skipped(self, run: str, reason: str) -> None:
         self.skipped.labels(run=run, reason=reason).inc()
 
@@ -272,7 +276,7 @@ class MonitorMetrics:
         self.store_write_failures.inc()
 
     def set_early_stop(self, run: str, stopped: bool) -> None:
-        self.early_stop.labels(run=run).set(1 if stopped else 0)
+        self.run_state.set_early_stop(run, stopped)
 
     def set_stop_pending(self, run: str, pending: bool) -> None:
-        self.stop_pending.labels(run=run).set(1 if pending else 0)
+        self.run_state.set_stop_pending(run, pending)

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from monitor.config.secrets import read_password, tls_context
 from monitor.errors import ConfigError
+from monitor.exporter.binding import bind_failure
 from monitor.exporter.connections import ConnectionPool, DropCounter
 from monitor.exporter.requests_in import ConnectionLimits, SocketWriter
 
@@ -113,9 +114,12 @@ class MetricsServer:
                 tls = tls_context(config.tls_cert, config.tls_key)
         except ValueError as error:  # the files changed since the config was validated
             raise ConfigError(f"metrics: {error}") from None
-        family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("MetricsHTTPServer", (_Server,), {"address_family": family})
-        self.server: _Server = server_class((config.host, config.port), _Handler)
+        try:  # a taken port or unknown host: a ConfigError naming host:port and the key
+            family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("MetricsHTTPServer", (_Server,), {"address_family": family})
+            self.server: _Server = server_class((config.host, config.port), _Handler)
+        except OSError as error:
+            raise bind_failure(config.host, config.port, error) from None
         self.server.tls = tls
         self.server.set_app(self._app)
         self._pool = ConnectionPool(self.server.socket, self.server.answer,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.errors import UsageError
+from monitor.rules.best import best_of, best_spec
 from monitor.rules.engine import replay
 from monitor.rules.spec import RuleSet
 from monitor.store.store import Store, StoredEvaluation
@@ -34,19 +36,32 @@ class Backtest:
     best_probe_accuracy_step: int | None
     evaluations_saved: int
     last_step: int | None
+    attempt: int = 1
+    attempts: int = 1
+    best_checkpoint: dict[str, Any] | None = None  # up to the stop, else over the attempt
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def backtest_run(run: str, rules: RuleSet, label: str, history: list[StoredEvaluation]) -> Backtest:
-    """Replay ``rules`` over ``history`` (in evaluation order) and summarise the outcome.
+def backtest_run(
+    run: str,
+    rules: RuleSet,
+    label: str,
+    history: list[StoredEvaluation],
+    attempt: int = 1,
+    attempts: int = 1,
+) -> Backtest:
+    """Replay ``rules`` over ``history`` (one attempt, in evaluation order) and summarise.
 
-    ``label`` names the rule set in the output: its file, or ``inline``.
+    ``label`` names the rule set in the output: its file, or ``inline``. The best checkpoint
+    is the one the daemon would have kept by the stop (or by the end, without a stop).
     """
     history = sorted(history, key=lambda stored: stored.id)
     result = replay(rules, ((stored.step, stored.result) for stored in history))
     stop = history[result.stop.index] if result.stop is not None else None
+    until = history if result.stop is None else history[: result.stop.index + 1]
+    kept = best_of(best_spec(rules), ((e.step, e.result, e.path) for e in until))
     accuracies: list[tuple[float, int | None]] = [
         (float(stored.result["probe_accuracy"]), stored.step)
         for stored in history
@@ -72,16 +87,30 @@ def backtest_run(run: str, rules: RuleSet, label: str, history: list[StoredEvalu
         best_probe_accuracy_step=best[1],
         evaluations_saved=0 if result.stop is None else len(history) - 1 - result.stop.index,
         last_step=history[-1].step if history else None,
+        attempt=attempt,
+        attempts=attempts,
+        best_checkpoint=None if kept is None else kept.to_dict(),
     )
 
 
 def backtest_store(
-    store_path: Path, rules: RuleSet, label: str, run: str | None = None
+    store_path: Path,
+    rules: RuleSet,
+    label: str,
+    run: str | None = None,
+    attempt: int | None = None,
 ) -> list[Backtest]:
-    """Backtest every run in the store (or just ``run``)."""
+    """Backtest every run in the store (or just ``run``): its latest attempt, or ``attempt``."""
     with Store(store_path, readonly=True) as store:
-        runs = [run] if run is not None else store.runs()
-        return [backtest_run(name, rules, label, store.evaluations(name)) for name in runs]
+        found = []
+        for name in [run] if run is not None else store.runs():
+            latest = store.current_attempt(name)
+            chosen = latest if attempt is None else attempt
+            if not 1 <= chosen <= latest:
+                raise UsageError(f"--attempt {chosen}: run {name} has attempts 1 to {latest}")
+            history = store.evaluations(name, chosen)
+            found.append(backtest_run(name, rules, label, history, chosen, latest))
+        return found
 
 
 def format_backtest(item: Backtest) -> str:
@@ -102,4 +131,11 @@ def format_backtest(item: Backtest) -> str:
         f"  best probe accuracy {num(item.best_probe_accuracy)} at step "
         f"{item.best_probe_accuracy_step}; last evaluated step {item.last_step}"
     )
-    return f"run {item.run} [{item.rules}]: {verdict}\n{best}"
+    kept = item.best_checkpoint
+    if kept is not None:
+        best += (
+            f"\n  best checkpoint: step {kept['step']} ({kept['path']}), {kept['metric']} "
+            f"{num(kept['value'])}"
+        )
+    attempt = f", attempt {item.attempt} of {item.attempts}" if item.attempts > 1 else ""
+    return f"run {item.run}{attempt} [{item.rules}]: {verdict}\n{best}"

@@ -163,11 +163,28 @@ def rule_name(rule: Any, index: int) -> str:
     return str(rule.name or f"{rule.kind}-{index}")
 
 
+class BestSpec(_Strict):
+    """Which checkpoint of an attempt is its best: the one with the best ``metric``."""
+
+    metric: str = "probe_loss"
+    mode: Literal["min", "max"] = "min"
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return check_metric(value)
+
+
 class RuleSet(_Strict):
-    """A rule file: the top-level rules are alternatives (any one of them stops the run)."""
+    """A rule file: the top-level rules are alternatives (any one of them stops the run).
+
+    ``best`` names the metric that picks an attempt's best checkpoint; without it, the metric
+    and mode of the first rule that tracks one.
+    """
 
     description: str = ""
     rules: list[Rule] = Field(min_length=1)
+    best: BestSpec | None = None
     source: str = Field("inline", exclude=True)
 
     @field_validator("rules")
@@ -196,7 +213,7 @@ def parse_rules(data: Any, source: Path | str, text: str | None = None) -> RuleS
         return RuleSet.model_validate({**data, "source": str(source)})
     except ValidationError as exc:
         raise ConfigError(
-            describe_validation_error(exc, Path(str(source)), text, RULE_KINDS)
+            describe_validation_error(exc, Path(str(source)), text, RULE_KINDS, RuleSet)
         ) from None
 
 

@@ -6,6 +6,7 @@ takes, ``StiffnessResult`` what it gives back.
 
 from monitor.stiffness.engine import compute_stiffness
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.outputs import OutputSpec
 from monitor.stiffness.result import (
     ClassStiffness,
     Counts,
@@ -19,6 +20,7 @@ __all__ = [
     "Counts",
     "DistanceProfile",
     "EngineOptions",
+    "OutputSpec",
     "PairSetStiffness",
     "ProbeSet",
     "StiffnessResult",

@@ -60,7 +60,10 @@ class StopSignal:
 
     ``value`` is the (smoothed) metric value that triggered the rule and ``best`` the best value
     the rule had seen; either may be None (a rule that tracks no best, or a non-finite value,
-    which strict JSON cannot carry; ``reason`` then says what happened).
+    which strict JSON cannot carry; ``reason`` then says what happened). ``attempt`` is the
+    attempt of the run that stopped (a rerun into the same folder is the next attempt), and
+    ``best_checkpoint`` the attempt's best checkpoint when the stop was raised (``metric``,
+    ``mode``, ``step``, ``value``, ``path``), the one to restore.
     """
 
     run: str
@@ -72,6 +75,8 @@ class StopSignal:
     value: float | None
     best: float | None
     time: str = field(default_factory=utc_now)
+    attempt: int = 1
+    best_checkpoint: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StopSignal:
@@ -91,12 +96,18 @@ class StopSignal:
         return json.dumps(self.to_dict(), allow_nan=False, ensure_ascii=False) + "\n"
 
     def same_stop(self, data: dict[str, Any]) -> bool:
-        """Whether a stop file's content records this same stop (same run, rule and step)."""
-        return (data.get("run"), data.get("rule"), data.get("step")) == (
-            self.run,
-            self.rule,
-            self.step,
-        )
+        """Whether a stop file's content records this same stop (same run, attempt, rule and
+        step); a file from before attempts were recorded is attempt 1."""
+        found = (data.get("run"), data.get("attempt", 1), data.get("rule"), data.get("step"))
+        return found == (self.run, self.attempt, self.rule, self.step)
+
+    @staticmethod
+    def earlier_attempt(data: Mapping[str, Any], run: str, attempt: int) -> bool:
+        """Whether a stop (or best-checkpoint) file's content is one this monitor wrote for an
+        earlier attempt of ``run`` (a file written by hand, or by another tool, is not)."""
+        ours = data.get("version") == FORMAT_VERSION and data.get("run") == run
+        earlier = data.get("attempt", 1)
+        return ours and isinstance(earlier, int) and earlier < attempt
 
 
 def stop_file_path(template: str, run_name: str, run_dir: str | Path, base_dir: str | Path) -> Path:
@@ -119,7 +130,7 @@ def write_stop_file(path: str | Path, signal: StopSignal) -> bool:
     read-only filesystem); no temporary file is left behind.
     """
     path = Path(path)
-    existing = _read_existing(path)
+    existing = read_existing(path)
     if existing is not None:
         if signal.same_stop(existing):
             log.debug("stop file %s already records this stop; left as it is", path)
@@ -140,14 +151,33 @@ def write_stop_file(path: str | Path, signal: StopSignal) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StopSignalError(f"cannot create the folder of stop file {path}: {exc}") from exc
-    _write_atomically(path, signal.to_json().encode("utf-8"))
+    write_atomically(path, signal.to_json().encode("utf-8"))
     log.info(
         "wrote stop file %s (run %s, rule %s, step %d)", path, signal.run, signal.rule, signal.step
     )
     return True
 
 
-def _read_existing(path: Path) -> dict[str, Any] | None:
+def remove_earlier_attempt(path: Path, run: str, attempt: int) -> bool:
+    """Remove the stop (or best-checkpoint) file at ``path`` if this monitor wrote it for an
+    earlier attempt of ``run``: a rerun must not be stopped by its predecessor's stop, nor
+    restore its predecessor's best. True when removed; a file written by hand, a symlink or
+    anything unreadable is left alone."""
+    try:
+        existing = read_existing(path)
+    except StopSignalError:
+        return False
+    if existing is None or not StopSignal.earlier_attempt(existing, run, attempt):
+        return False
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("could not remove the stop file %s of an earlier attempt: %s", path, exc)
+        return False
+    return True
+
+
+def read_existing(path: Path) -> dict[str, Any] | None:
     """The parsed content of an existing stop file (``{}`` if unreadable as JSON), else None."""
     try:
         info = os.lstat(path)
@@ -179,7 +209,8 @@ def _read_existing(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a fresh temporary file beside ``path``, fsync, rename over it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:

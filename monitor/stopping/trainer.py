@@ -11,7 +11,9 @@ that path (an empty file, a half-written one from another tool, a directory, non
 as "no stop", never as an exception: a training loop must not crash because of a stray file. A stop
 written by hand must therefore be a JSON object too, e.g.
 ``echo '{"reason": "manual"}' > STOP.tmp && mv STOP.tmp STOP``. The monitor never retracts a
-stop: delete the file before resuming a stopped run, or it stops again at its first check.
+stop, but a stop file written before the trainer started is the stop of an earlier run into the
+same folder: ``StopFilePoller`` and the callbacks ignore it (``since``). To resume a stopped
+run *as the same attempt*, delete the file; a rerun is a new attempt of its own.
 
 Plain loop::
 
@@ -40,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "StopFilePoller",
+    "best_checkpoint",
     "read_stop",
     "read_stop_distributed",
     "should_stop",
@@ -48,16 +51,27 @@ __all__ = [
 
 #: A stop file is a few hundred bytes; anything larger is not one and is not read whole.
 MAX_STOP_FILE_BYTES = 1 << 20
+#: The best-checkpoint file's name in the run folder (``stop.best_file``'s default).
+BEST_FILE_NAME = "best_checkpoint.json"
+#: Seconds a stop file may predate ``since`` and still count: file times come from a coarser
+#: clock than ``time.time()``, and from the file server's clock on shared storage.
+STALE_MARGIN = 2.0
 
 
-def read_stop(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def read_stop(path: str | os.PathLike[str], since: float | None = None) -> dict[str, Any] | None:
     """The stop file's JSON object, or None if there is no valid stop file at ``path``.
 
     Never raises for what is (or is not) at the path: missing, unreadable, partial, too large
-    or non-object content all give None.
+    or non-object content all give None. With ``since`` (a ``time.time()``), a file last
+    written before then (by more than ``STALE_MARGIN``) is None too: it is the stop of an
+    earlier run into the same folder, not of this one (the file's modification time is
+    compared, so the clocks of the trainer's and the monitor's machines must agree, as NTP
+    keeps them).
     """
     try:
         with open(path, "rb") as handle:
+            if since is not None and os.fstat(handle.fileno()).st_mtime < since - STALE_MARGIN:
+                return None
             raw = handle.read(MAX_STOP_FILE_BYTES + 1)
     except (OSError, ValueError):  # ValueError: a path with a NUL byte
         return None
@@ -70,9 +84,23 @@ def read_stop(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def should_stop(path: str | os.PathLike[str]) -> bool:
+def should_stop(path: str | os.PathLike[str], since: float | None = None) -> bool:
     """True when a valid stop file exists at ``path`` (see :func:`read_stop`)."""
-    return read_stop(path) is not None
+    return read_stop(path, since) is not None
+
+
+def best_checkpoint(
+    run_dir: str | os.PathLike[str], name: str = BEST_FILE_NAME, since: float | None = None
+) -> dict[str, Any] | None:
+    """The best checkpoint the monitor has seen in the run's current attempt, or None.
+
+    A dict with ``path``, ``step``, ``value``, ``metric`` and ``mode`` (and ``run``,
+    ``attempt``), read from the file the daemon keeps at ``{run_dir}/best_checkpoint.json``
+    (``stop.best_file``; pass ``name`` when it is elsewhere in the folder). ``since`` works as
+    in :func:`read_stop`. None when there is no such file yet or it names no path.
+    """
+    info = read_stop(os.path.join(os.fspath(run_dir), name), since)
+    return info if info is not None and isinstance(info.get("path"), str) else None
 
 
 def should_stop_distributed(
@@ -90,7 +118,7 @@ def should_stop_distributed(
 
 
 def read_stop_distributed(
-    path: str | os.PathLike[str], group: Any = None, device: Any = None
+    path: str | os.PathLike[str], group: Any = None, device: Any = None, since: float | None = None
 ) -> tuple[bool, dict[str, Any] | None]:
     """:func:`should_stop_distributed`, plus the file's content where this rank read it.
 
@@ -100,17 +128,24 @@ def read_stop_distributed(
     # (importing torch costs seconds and this module promises not to need it).
     dist = sys.modules.get("torch.distributed")
     if dist is None or not (dist.is_available() and dist.is_initialized()):
-        info = read_stop(path)
+        info = read_stop(path, since)
         return info is not None, info
     import torch
 
-    info = read_stop(path) if dist.get_rank(group) == 0 else None
+    info = read_stop(path, since) if dist.get_rank(group) == 0 else None
     if device is None:
         nccl = dist.get_backend(group) == "nccl"
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu"
     flag = torch.tensor([0 if info is None else 1], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
     return bool(flag.item()), info
+
+
+class _Now:
+    """The default ``since`` of a poller: the moment it is made."""
+
+
+NOW = _Now()
 
 
 class StopFilePoller:
@@ -124,6 +159,10 @@ class StopFilePoller:
     ``distributed=True`` uses :func:`should_stop_distributed` and requires ``every_n_calls``:
     the ranks' clocks differ, so a time-based poller would make them enter the collective at
     different calls and hang.
+
+    A stop file written before the poller was made is ignored (``since``, by default the
+    poller's creation time): it is the stop of an earlier run into the same folder. Pass
+    ``since=None`` to honour any stop file.
     """
 
     def __init__(
@@ -134,6 +173,7 @@ class StopFilePoller:
         every_n_calls: int | None = None,
         distributed: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        since: float | _Now | None = NOW,
     ) -> None:
         if interval < 0:
             raise ValueError(f"expected interval >= 0 seconds, got {interval}")
@@ -145,6 +185,7 @@ class StopFilePoller:
                 "ranks join the collective at different steps and hang"
             )
         self.path = path
+        self.since: float | None = time.time() if isinstance(since, _Now) else since
         self.interval = interval
         self.every_n_calls = every_n_calls
         self.distributed = distributed
@@ -161,9 +202,9 @@ class StopFilePoller:
         if not self._due():
             return False
         if self.distributed:
-            self.stopped, self.info = read_stop_distributed(self.path)
+            self.stopped, self.info = read_stop_distributed(self.path, since=self.since)
         else:
-            self.info = read_stop(self.path)
+            self.info = read_stop(self.path, self.since)
             self.stopped = self.info is not None
         return self.stopped
 

@@ -1,4 +1,4 @@
-"""The store's tables: the migration steps that create them and the frozen rows read from them.
+"""The store's tables: the migration steps that create them, in order, forever.
 
 ``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``; the version lives
 in ``PRAGMA user_version`` (0 for a fresh file). Steps are history: once released, a step is
@@ -7,22 +7,17 @@ keep migrating to the same schema as fresh ones. ``apply_migrations`` runs every
 and the version bump inside the caller's transaction, so a crash mid-migration leaves the
 database at its old version, never half way.
 
+The frozen rows read from the tables are in ``monitor.store.rows``.
+
 Version 1 holds what the daemon records per checkpoint (issue "Store"); version 2 adds what the
 decision layer records (rule state, decisions, stops); version 3 when each stop's file was
-written (issue 19). ``monitor.store.store`` re-exports the row types; import them from there.
+written (issue 19); version 4 attempts, so that a rerun into the same folder starts afresh
+(issue 14).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:  # importing the result module imports torch: only when asked for one
-    from monitor.stiffness.result import StiffnessResult
 
 # "STFM": stamped in the header by the first step so that a store can tell its own database
 # from another application's SQLite file that happens to sit at the configured path.
@@ -121,6 +116,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE stops ADD COLUMN written_at REAL",
         "UPDATE stops SET written_at = at",
     ),
+    # 3 -> 4: attempts (issue 14). A rerun into the same folder is a new attempt of its run:
+    # its own history, rule state and stop. Everything stored before is attempt 1; stops are
+    # keyed by (run, attempt), so the table is rebuilt (SQLite cannot change a primary key).
+    (
+        "ALTER TABLE evaluations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX evaluations_by_attempt ON evaluations (run, attempt, step)",
+        """
+        CREATE TABLE attempts (
+            run TEXT NOT NULL,
+            attempt INTEGER NOT NULL CHECK (attempt >= 2),
+            reason TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            PRIMARY KEY (run, attempt)
+        )
+        """,
+        """
+        CREATE TABLE stops_by_attempt (
+            run TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations (id),
+            rule TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            payload_json TEXT NOT NULL,
+            at REAL NOT NULL,
+            written_at REAL,
+            PRIMARY KEY (run, attempt)
+        )
+        """,
+        "INSERT INTO stops_by_attempt SELECT run, 1, evaluation_id, rule, reason, payload_json,"
+        " at, written_at FROM stops",
+        "DROP TABLE stops",
+        "ALTER TABLE stops_by_attempt RENAME TO stops",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -158,110 +186,3 @@ def apply_migrations(
         # PRAGMA takes no parameters; the value is our own integer, never user input.
         connection.execute(f"PRAGMA user_version = {int(target)}")
     return target
-
-
-@dataclass(frozen=True)
-class StoredEvaluation:
-    """One evaluated checkpoint. ``result`` is the ``evaluate --json`` object, parsed on first
-    use: a report listing hundreds of evaluations should not decode every matrix it skips."""
-
-    id: int
-    run: str
-    path: str
-    step: int | None
-    step_source: str
-    format: str
-    size: int
-    mtime_ns: int
-    fingerprint: str
-    evaluated_at: float
-    duration_seconds: float
-    within_class: float | None
-    probe_loss: float | None
-    probe_accuracy: float | None
-    result_json: str = field(repr=False)
-
-    @cached_property
-    def result(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.result_json)
-        return parsed
-
-    def stiffness_result(self) -> StiffnessResult:
-        """The stored result as the engine's typed value."""
-        from monitor.stiffness.result import StiffnessResult
-
-        return StiffnessResult.from_dict(self.result)
-
-
-@dataclass(frozen=True)
-class StoredError:
-    """A checkpoint (or a watched folder: then ``path`` may be empty) that could not be used."""
-
-    id: int
-    run: str
-    path: str
-    fingerprint: str | None
-    reason: str
-    message: str
-    at: float
-
-
-@dataclass(frozen=True)
-class StoredSkip:
-    """A complete checkpoint deliberately not evaluated (``backlog-latest``, ``deleted``)."""
-
-    id: int
-    run: str
-    path: str
-    fingerprint: str
-    step: int | None
-    reason: str
-    at: float
-
-
-class DecisionLike(Protocol):
-    """What ``record_decisions`` needs from a rule's verdict: the rules module's own type fits."""
-
-    @property
-    def rule(self) -> str: ...
-    @property
-    def stop(self) -> bool: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def state(self) -> Mapping[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class StoredDecision:
-    """A recorded ``Decision`` with the evaluation it was made on."""
-
-    id: int
-    run: str
-    evaluation_id: int
-    rule: str
-    stop: bool
-    reason: str
-    state: dict[str, Any]
-    at: float
-
-
-@dataclass(frozen=True)
-class StoredStop:
-    """The stop raised for a run; there is at most one and it is never replaced.
-
-    ``written_at`` is when its stop file was first written (or an existing one kept); None
-    while the stop is pending: committed, but the file not written yet.
-    """
-
-    run: str
-    evaluation_id: int
-    rule: str
-    reason: str
-    payload: dict[str, Any]
-    at: float
-    written_at: float | None = None
-
-    @property
-    def pending(self) -> bool:
-        return self.written_at is None

@@ -11,27 +11,29 @@ they must land together.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from monitor.store.database import Database, StoreError
-from monitor.store.schema import (
-    SCHEMA_VERSION,
+from monitor.store.database import StoreError
+from monitor.store.rows import (
     DecisionLike,
+    StoredAttempt,
     StoredDecision,
     StoredError,
     StoredEvaluation,
     StoredSkip,
     StoredStop,
 )
+from monitor.store.schema import SCHEMA_VERSION
+from monitor.store.verdicts import Verdicts, as_json
 
 __all__ = [
     "SCHEMA_VERSION",
     "DecisionLike",
     "Store",
     "StoreError",
+    "StoredAttempt",
     "StoredDecision",
     "StoredError",
     "StoredEvaluation",
@@ -40,16 +42,11 @@ __all__ = [
 ]
 
 
-def _json(value: Mapping[str, Any]) -> str:
-    """Strict JSON: a NaN here is a bug upstream and must fail loudly, not be stored."""
-    return json.dumps(dict(value), allow_nan=False, separators=(",", ":"))
-
-
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class Store(Database):
+class Store(Verdicts):
     """The state database, opened for writing (the daemon) or read-only (everyone else).
 
     One connection per ``Store``. Calls are serialised by a lock, so a ``Store`` may be handed
@@ -74,6 +71,7 @@ class Store(Database):
         mtime_ns: int,
         evaluation: Mapping[str, Any],
         duration_seconds: float,
+        attempt: int = 1,
     ) -> int:
         """Store one evaluation and return its id.
 
@@ -100,32 +98,48 @@ class Store(Database):
             _optional_float(cosine.get("within")),
             _optional_float(evaluation.get("probe_loss")),
             _optional_float(evaluation.get("probe_accuracy")),
-            _json(evaluation),
+            as_json(evaluation),
+            int(attempt),
         )
         with self.transaction():
             self._execute(
                 "INSERT INTO evaluations (run, path, step, step_source, format, size, mtime_ns,"
                 " fingerprint, evaluated_at, duration_seconds, within_class, probe_loss,"
-                " probe_accuracy, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " probe_accuracy, result_json, attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run, fingerprint) DO NOTHING",
                 values,
             )
             sql = "SELECT id FROM evaluations WHERE run = ? AND fingerprint = ?"
             return int(self._rows(sql, (run, fingerprint))[0][0])
 
-    def evaluations(self, run: str | None = None) -> list[StoredEvaluation]:
-        """In training order: by step (unknown steps last), then by evaluation time.
+    def evaluations(
+        self, run: str | None = None, attempt: int | None = None
+    ) -> list[StoredEvaluation]:
+        """In training order: by attempt, then step (unknown steps last), then evaluation time.
 
-        Without ``run``, every run's evaluations, grouped by run name.
+        Without ``run``, every run's evaluations, grouped by run name; without ``attempt``,
+        every attempt's.
         """
         rows = self._rows(
             "SELECT id, run, path, step, step_source, format, size, mtime_ns, fingerprint,"
             " evaluated_at, duration_seconds, within_class, probe_loss, probe_accuracy,"
-            " result_json FROM evaluations WHERE ? IS NULL OR run = ?"
-            " ORDER BY run, step IS NULL, step, evaluated_at, id",
-            (run, run),
+            " result_json, attempt FROM evaluations WHERE (? IS NULL OR run = ?)"
+            " AND (? IS NULL OR attempt = ?)"
+            " ORDER BY run, attempt, step IS NULL, step, evaluated_at, id",
+            (run, run, attempt, attempt),
         )
         return [StoredEvaluation(*row) for row in rows]
+
+    def checkpoints_of(self, run: str, attempt: int) -> list[tuple[str, int | None, str, int]]:
+        """``(path, step, fingerprint, mtime_ns)`` of each checkpoint an attempt evaluated, in
+        evaluation order: what telling a rerun from the same run needs, without the results."""
+        rows = self._rows(
+            "SELECT path, step, fingerprint, mtime_ns FROM evaluations"
+            " WHERE run = ? AND attempt = ? ORDER BY id",
+            (run, attempt),
+        )
+        return [(str(p), None if s is None else int(s), str(f), int(m)) for p, s, f, m in rows]
 
     def runs(self) -> list[str]:
         """Every run the store knows about, whether evaluated, failed or skipped."""
@@ -183,87 +197,3 @@ class Store(Database):
             (run, run),
         )
         return [StoredSkip(*row) for row in rows]
-
-    # -- rule state, decisions, stops ------------------------------------------------------
-
-    def save_rule_states(self, run: str, states: Mapping[str, Mapping[str, Any]]) -> None:
-        """Upsert each named rule's state (rules not named keep theirs), all at once."""
-        now = time.time()
-        self._execute_many(
-            "INSERT INTO rule_state (run, rule, state_json, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (run, rule) DO UPDATE SET state_json = excluded.state_json,"
-            " updated_at = excluded.updated_at",
-            [(run, rule, _json(state), now) for rule, state in states.items()],
-        )
-
-    def rule_states(self, run: str) -> dict[str, dict[str, Any]]:
-        """Every saved rule state of a run, by rule name: what a restarted daemon resumes."""
-        sql = "SELECT rule, state_json FROM rule_state WHERE run = ? ORDER BY rule"
-        return {str(rule): json.loads(state) for rule, state in self._rows(sql, (run,))}
-
-    def record_decisions(
-        self, run: str, evaluation_id: int, decisions: Sequence[DecisionLike]
-    ) -> None:
-        """Append what each rule said about one evaluation (a log: nothing is replaced)."""
-        now = time.time()
-        self._execute_many(
-            "INSERT INTO decisions (run, evaluation_id, rule, stop, reason, state_json, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (run, evaluation_id, d.rule, int(bool(d.stop)), d.reason, _json(d.state), now)
-                for d in decisions
-            ],
-        )
-
-    def decisions(self, run: str, evaluation_id: int | None = None) -> list[StoredDecision]:
-        """Recorded decisions of a run (or of one evaluation), in the order they were made."""
-        rows = self._rows(
-            "SELECT id, run, evaluation_id, rule, stop, reason, state_json, at FROM decisions"
-            " WHERE run = ? AND (? IS NULL OR evaluation_id = ?) ORDER BY id",
-            (run, evaluation_id, evaluation_id),
-        )
-        return [
-            StoredDecision(id_, run_, evaluation, rule, bool(stop), reason, json.loads(state), at)
-            for id_, run_, evaluation, rule, stop, reason, state, at in rows
-        ]
-
-    def record_stop(
-        self, run: str, evaluation_id: int, rule: str, reason: str, payload: Mapping[str, Any]
-    ) -> bool:
-        """Raise the run's stop; False, and nothing changed, when it was raised before.
-
-        A stop is raised once per run and never silently retracted or rewritten: the trainer
-        may already have acted on the first one. It is pending until ``mark_stop_written``:
-        committing first and writing the file second means a crash or a failed write leaves a
-        stop to retry, never a stop file the store does not know about.
-        """
-        added = self._execute(
-            "INSERT INTO stops (run, evaluation_id, rule, reason, payload_json, at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run) DO NOTHING",
-            (run, evaluation_id, rule, reason, _json(payload), time.time()),
-        )
-        return added == 1
-
-    def mark_stop_written(self, run: str) -> bool:
-        """Note that the run's stop file is written; False when it was noted before.
-
-        Only the first write counts: a stop file that is absent after it was the operator's
-        doing and is never rewritten.
-        """
-        written = self._execute(
-            "UPDATE stops SET written_at = ? WHERE run = ? AND written_at IS NULL",
-            (time.time(), run),
-        )
-        return written == 1
-
-    def stop_for(self, run: str) -> StoredStop | None:
-        """The stop raised for ``run``, or None while it runs on."""
-        rows = self._rows(
-            "SELECT run, evaluation_id, rule, reason, payload_json, at, written_at FROM stops"
-            " WHERE run = ?",
-            (run,),
-        )
-        if not rows:
-            return None
-        run_, evaluation_id, rule, reason, payload, at, written_at = rows[0]
-        return StoredStop(run_, evaluation_id, rule, reason, json.loads(payload), at, written_at)

@@ -105,7 +105,9 @@ def test_problems_name_file_line_key_expected_and_found(tmp_path: Path) -> None:
         f"{path}:3: probe.per_class: expected a value >= 2, got 1",
         f"{path}:5: stiffness.mode: expected 'class' or 'pair', got 'fast'",
         f"{path}:6: stiffness.batch_size: expected an integer, got 'lots'",
-        f"{path}:7: stiffness.colour: unknown key",
+        f"{path}:7: stiffness.colour: unknown key (expected one of: mode, device, batch_size, "
+        "precision, memory_limit, include, exclude, min_grad_norm, distance_bins, loss, "
+        "uncertainty, backend)",
     ]
 
 

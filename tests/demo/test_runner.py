@@ -77,8 +77,9 @@ def test_ctrl_c_stops_the_trainer_and_the_daemon(tmp_path: Path) -> None:
                 break
         url = next(line.split()[1] for line in lines if line.startswith("metrics: "))
         demo.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the demo
-        assert demo.wait(timeout=30) == 130, "".join(lines)
+        code = demo.wait(timeout=30)
         rest = demo.stdout.read()
+        assert code == 130, "".join(lines) + rest
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -42,6 +42,9 @@ STIFFNESS_FAMILIES = {
     "stiffness_checkpoint_step": "gauge",
     "stiffness_early_stop": "gauge",
     "stiffness_stop_pending": "gauge",
+    "stiffness_attempt": "gauge",
+    "stiffness_best_checkpoint_step": "gauge",
+    "stiffness_best_checkpoint_value": "gauge",
     "stiffness_checkpoints_discovered_total": "counter",
     "stiffness_checkpoints_evaluated_total": "counter",
     "stiffness_checkpoint_errors_total": "counter",
@@ -56,6 +59,7 @@ STIFFNESS_FAMILIES = {
     "stiffness_metrics_connections_dropped_total": "counter",
     "stiffness_store_writable": "gauge",
     "stiffness_store_write_failures_total": "counter",
+    "stiffness_tensorboard_write_failures_total": "counter",
 }
 PROCESS_FAMILIES = {
     "process_cpu_seconds_total": "counter",

@@ -226,7 +226,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Pat
         # stop alert fires for the run.
         groups = prometheus.api("rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 8
+        assert len(rules) == 10
         assert all(rule["health"] == "ok" for rule in rules), rules
         alerts = prometheus.api("alerts")["alerts"]
         assert {(a["labels"]["alertname"], a["labels"].get("run")) for a in alerts} == {

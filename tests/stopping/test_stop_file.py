@@ -91,6 +91,8 @@ def test_stop_file_holds_every_field_as_strict_json(tmp_path: Path) -> None:
         "value": 0.31,
         "best": 0.36,
         "time": signal.time,
+        "attempt": 1,
+        "best_checkpoint": None,
     }
     assert datetime.fromisoformat(data["time"]).utcoffset() == timedelta(0)
     assert text.endswith("\n") and text.count("\n") == 1

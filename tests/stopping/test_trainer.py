@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 from monitor.stopping.stop_file import StopSignal, write_stop_file
 from monitor.stopping.trainer import (
     MAX_STOP_FILE_BYTES,
+    STALE_MARGIN,
     StopFilePoller,
+    best_checkpoint,
     read_stop,
     should_stop,
     should_stop_distributed,
@@ -45,6 +47,14 @@ def make_signal(step: int = 40) -> StopSignal:
         value=0.31,
         best=0.36,
     )
+
+
+def written_after_the_ranks_start(*files: Path) -> None:
+    """Date stop files an hour ahead: the trainers start after them, and a stop file older
+    than the trainer is an earlier run's, which they ignore (tested on its own)."""
+    ahead = time.time() + 3600
+    for file in files:
+        os.utime(file, (ahead, ahead))
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -167,9 +177,9 @@ def test_the_poller_reads_at_most_once_per_interval(
     reads: list[object] = []
     real_read = read_stop
 
-    def counting_read(p: object) -> dict[str, Any] | None:
+    def counting_read(p: object, since: float | None = None) -> dict[str, Any] | None:
         reads.append(p)
-        return real_read(p)  # type: ignore[arg-type]
+        return real_read(p, since)  # type: ignore[arg-type]
 
     monkeypatch.setattr("monitor.stopping.trainer.read_stop", counting_read)
 
@@ -184,8 +194,8 @@ def test_the_poller_reads_at_most_once_per_interval(
 
 def test_the_poller_remembers_a_stop_after_the_file_goes(tmp_path: Path) -> None:
     path = tmp_path / "STOP"
-    write_stop_file(path, make_signal())
     poller = StopFilePoller(path, interval=0.0)
+    write_stop_file(path, make_signal())
     assert poller() is True
     path.unlink()
     assert poller() is True and poller.info is not None
@@ -317,6 +327,7 @@ def test_ranks_agree_when_only_rank_zero_can_see_the_file(tmp_path: Path) -> Non
     write_stop_file(stop, make_signal())
     only_rank1 = tmp_path / "rank1" / "STOP"
     write_stop_file(only_rank1, make_signal())
+    written_after_the_ranks_start(stop, only_rank1)
     missing = str(tmp_path / "missing")
     # case 1: only rank 0 sees a stop; case 2: nobody does; case 3: only rank 1 does (ignored:
     # rank 0 alone decides, so a rank-local file can never split the group).
@@ -407,6 +418,7 @@ def test_lightning_ddp_ranks_stop_together(tmp_path: Path) -> None:
     pytest.importorskip("lightning.pytorch")
     stop_file = tmp_path / "STOP"
     write_stop_file(stop_file, make_signal(step=0))
+    written_after_the_ranks_start(stop_file)
     result = subprocess.run(
         [sys.executable, str(HERE / "stop_lightning_ddp.py"), str(stop_file), str(tmp_path)],
         capture_output=True,
@@ -429,6 +441,7 @@ def test_huggingface_ddp_ranks_stop_together(tmp_path: Path) -> None:
     pytest.importorskip("accelerate")
     stop_file = tmp_path / "STOP"
     write_stop_file(stop_file, make_signal(step=0))
+    written_after_the_ranks_start(stop_file)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     result = subprocess.run(
         [*torchrun, str(HERE / "stop_hf_ddp.py"), str(stop_file), str(tmp_path)],
@@ -493,3 +506,38 @@ def test_huggingface_trainer_stops_at_the_next_check(tmp_path: Path) -> None:
     trainer.train()
     assert callback.stopped_at_step == 6 and trainer.state.global_step == 6
     assert callback.stop_info is not None and callback.stop_info["step"] == 5
+
+
+# --- reruns: a stop file older than the trainer is an earlier run's ---------------------------
+
+
+def test_a_stop_file_from_before_the_trainer_started_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "STOP"
+    write_stop_file(path, make_signal())
+    old = time.time() - 3600  # the previous run into this folder stopped an hour ago
+    os.utime(path, (old, old))
+    poller = StopFilePoller(path, interval=0.0)
+    assert poller() is False and poller.info is None
+    assert read_stop(path) is not None  # without ``since`` any stop file counts
+    assert StopFilePoller(path, interval=0.0, since=None)() is True
+    write_stop_file(path.with_name("STOP2"), make_signal())  # a fresh one counts at once
+    assert StopFilePoller(path.with_name("STOP2"), interval=0.0)() is True
+
+
+def test_since_allows_the_file_clock_its_margin(tmp_path: Path) -> None:
+    path = tmp_path / "STOP"
+    write_stop_file(path, make_signal())
+    written = path.stat().st_mtime
+    assert read_stop(path, since=written + STALE_MARGIN - 0.1) is not None
+    assert read_stop(path, since=written + STALE_MARGIN + 0.1) is None
+    assert should_stop(path, since=written) and not should_stop(path, since=written + 60)
+
+
+def test_best_checkpoint_reads_the_daemons_file(tmp_path: Path) -> None:
+    assert best_checkpoint(tmp_path) is None
+    best = {"version": 1, "run": "a", "attempt": 2, "metric": "probe_loss", "mode": "min",
+            "step": 30, "value": 0.25, "path": str(tmp_path / "step_30.pt")}  # fmt: skip
+    (tmp_path / "best_checkpoint.json").write_text(json.dumps(best))
+    assert best_checkpoint(tmp_path) == best
+    (tmp_path / "elsewhere.json").write_text(json.dumps({**best, "path": None}))
+    assert best_checkpoint(tmp_path, name="elsewhere.json") is None  # names no checkpoint

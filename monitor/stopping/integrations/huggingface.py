@@ -16,7 +16,11 @@ initialised (torchrun, accelerate, DeepSpeed), rank 0 reads the file and the dec
 all-reduced (:func:`monitor.stopping.trainer.should_stop_distributed`): every rank stops at the same
 step. ``state.global_step`` is identical on all ranks, so all of them join the same checks.
 
-A stop file is never retracted by the monitor: delete it before resuming a stopped run.
+A stop file written before training started is ignored: it is the stop of an earlier run into
+the same folder. With ``restore_best_weights=True``, when the stop comes the callback loads the
+weights of the attempt's best checkpoint (a ``checkpoint-N`` folder: the stop file's
+``best_checkpoint``, else the daemon's ``best_checkpoint.json`` beside the stop file) into the
+model at the end of training, on every process, like Keras's ``restore_best_weights``.
 
 For type checking the base class is ``object`` (see ``_CallbackBase``), so mypy checks this
 module identically whether or not transformers is installed; framework objects are ``Any``.
@@ -27,8 +31,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
+from monitor.stopping.integrations.best import best_path
 from monitor.stopping.trainer import read_stop_distributed
 
 log = logging.getLogger("monitor.integrations.huggingface")
@@ -62,14 +68,35 @@ class StiffnessStopCallback(_CallbackBase):
         stop_file: str | os.PathLike[str],
         check_every_n_steps: int = 10,
         check_on_evaluate: bool = True,
+        restore_best_weights: bool = False,
     ) -> None:
         if check_every_n_steps < 1:
             raise ValueError(f"expected check_every_n_steps >= 1, got {check_every_n_steps}")
         self.stop_file = stop_file
         self.check_every_n_steps = check_every_n_steps
         self.check_on_evaluate = check_on_evaluate
+        self.restore_best_weights = restore_best_weights
         self.stop_info: dict[str, Any] | None = None
         self.stopped_at_step: int | None = None
+        self.restored_from: str | None = None
+        self._since = time.time()  # again at on_train_begin: older stop files are a past run's
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._since = time.time()
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        model = kwargs.get("model")
+        if self.restore_best_weights and self.stopped_at_step is not None and model is not None:
+            from monitor.stopping.restore import load_best_weights
+
+            path = best_path(self.stop_file, self.stop_info, self._since)
+            if path is None:
+                log.warning("restore_best_weights: no best checkpoint known; weights kept")
+            else:
+                load_best_weights(model, path)
+                self.restored_from = path
+        return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if int(state.global_step) % self.check_every_n_steps == 0:
@@ -83,7 +110,7 @@ class StiffnessStopCallback(_CallbackBase):
 
     def _check(self, state: Any, control: Any) -> None:
         if self.stopped_at_step is None:
-            stop, info = read_stop_distributed(self.stop_file)
+            stop, info = read_stop_distributed(self.stop_file, since=self._since)
             if not stop:
                 return
             self.stop_info = info

@@ -13,8 +13,11 @@ every rank sets ``trainer.should_stop`` at the same step and none is left waitin
 collective. Lightning then ends training gracefully (respecting ``min_steps``/``min_epochs``),
 running the usual end-of-training hooks and checkpoint callbacks.
 
-A stop file is never retracted by the monitor: delete it before resuming a stopped run, or the
-resumed run stops at its first check.
+A stop file written before training started is ignored: it is the stop of an earlier run into
+the same folder. With ``restore_best_weights=True``, when the stop comes the callback loads the
+weights of the attempt's best checkpoint (the stop file's ``best_checkpoint``, else the
+daemon's ``best_checkpoint.json`` beside the stop file) into the module at the end of training,
+on every rank, as Keras's ``EarlyStopping(restore_best_weights=True)`` does.
 
 Works with ``lightning`` (``lightning.pytorch``) or the older ``pytorch_lightning`` package.
 For type checking, the base class is ``object`` (see ``_CallbackBase``): mypy then checks this
@@ -27,8 +30,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
+from monitor.stopping.integrations.best import best_path
 from monitor.stopping.trainer import read_stop
 
 log = logging.getLogger("monitor.integrations.lightning")
@@ -65,6 +70,7 @@ class StiffnessStopCallback(_CallbackBase):
         stop_file: str | os.PathLike[str],
         check_every_n_steps: int = 10,
         check_on_validation_end: bool = True,
+        restore_best_weights: bool = False,
     ) -> None:
         if check_every_n_steps < 1:
             raise ValueError(f"expected check_every_n_steps >= 1, got {check_every_n_steps}")
@@ -72,9 +78,26 @@ class StiffnessStopCallback(_CallbackBase):
         self.stop_file = stop_file
         self.check_every_n_steps = check_every_n_steps
         self.check_on_validation_end = check_on_validation_end
+        self.restore_best_weights = restore_best_weights
         self.stop_info: dict[str, Any] | None = None
         self.stopped_at_step: int | None = None
+        self.restored_from: str | None = None
         self._last_checked_step = -1
+        self._since = time.time()  # again at on_train_start: older stop files are a past run's
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._since = time.time()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.restore_best_weights and self.stopped_at_step is not None:
+            from monitor.stopping.restore import load_best_weights
+
+            path = best_path(self.stop_file, self.stop_info, self._since)
+            if path is None:
+                log.warning("restore_best_weights: no best checkpoint known; weights kept")
+                return
+            load_best_weights(pl_module, path)
+            self.restored_from = path
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -95,7 +118,7 @@ class StiffnessStopCallback(_CallbackBase):
         if self.stopped_at_step is not None:
             trainer.should_stop = True
             return
-        info = read_stop(self.stop_file) if trainer.is_global_zero else None
+        info = read_stop(self.stop_file, self._since) if trainer.is_global_zero else None
         decide = getattr(trainer.strategy, "reduce_boolean_decision", None)
         stop = bool(decide(info is not None, all=False)) if decide else info is not None
         if not stop:
