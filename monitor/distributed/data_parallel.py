@@ -32,11 +32,11 @@ def merge_stats(group: ProcessGroup, stats: ExampleStats, span: Span) -> None:
     """Every rank's own examples' norms, losses and correctness, into full vectors everywhere."""
     mine = torch.zeros(stats.norms.shape[0], dtype=torch.bool)
     mine[span[0] : span[1]] = True
-    for name in ("norms", "losses"):
-        values = torch.where(mine, getattr(stats, name), 0.0)  # NaN kept in the own span
+    # Correctness is 0/1 per example, or the share of correct tokens for a sequence: a float
+    # like the others, summed the same way (only this rank's span is non-zero).
+    for name in ("norms", "losses", "correct"):
+        values = torch.where(mine, getattr(stats, name).to(torch.float64), 0.0)  # NaN kept
         setattr(stats, name, group.sum_(values, f"per-example {name}"))
-    correct = torch.where(mine, stats.correct.to(torch.int64), 0)
-    stats.correct = group.sum_(correct, "per-example correctness") > 0
 
 
 class ExampleParallel:
