@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from monitor.config.quoting import cut, short
 from monitor.config.section import FACTORY_PATTERN, Section, parse_bytes, resolve_path
-from monitor.stiffness.inputs import EngineOptions
+from monitor.stiffness.inputs import DEFAULT_PROJECTION_DIM, EngineOptions, Projection
 
 
 class ModelConfig(Section):
@@ -89,6 +89,21 @@ class ProbeConfig(Section):
         return self
 
 
+class ProjectionConfig(Section):
+    """``stiffness.projection``: per-example gradients projected to at most ``dim``
+    dimensions per parameter, matrices drawn from ``seed`` (docs/precision.md)."""
+
+    dim: int = Field(DEFAULT_PROJECTION_DIM, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("dim", "seed", mode="before")
+    @classmethod
+    def _whole(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {short(value)}")
+        return value
+
+
 class StiffnessConfig(Section):
     mode: Literal["class", "pair"] = "class"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
@@ -102,6 +117,7 @@ class StiffnessConfig(Section):
     loss: Literal["cross_entropy", "causal_lm", "token_cross_entropy"] = "cross_entropy"
     uncertainty: bool = False
     backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
+    projection: ProjectionConfig | None = None
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -126,4 +142,9 @@ class StiffnessConfig(Section):
             uncertainty=self.uncertainty,
             backend=self.backend,
             loss=self.loss,
+            projection=(
+                None
+                if self.projection is None
+                else Projection(self.projection.dim, self.projection.seed)
+            ),
         )

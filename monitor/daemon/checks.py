@@ -23,6 +23,7 @@ from monitor.config.factory import (
 )
 from monitor.config.quoting import cut, short
 from monitor.config.schema import MonitorConfig, load_config
+from monitor.daemon.memory_check import class_memory_warning
 from monitor.daemon.newest_checkpoints import check_newest_checkpoints
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
 from monitor.exporter.binding import try_bind
@@ -198,6 +199,8 @@ def run_checks(config_path: str | Path) -> CheckReport:
         problem = _check_output(model, probe, spec, config.stiffness.loss)
         if problem:
             report.problems.append(f"{source}: {problem}")
+        if memory := class_memory_warning(config, model, probe):
+            report.warnings.append(memory)
     if model is not None or config.model.factory is None:  # a broken factory: said above
         check_newest_checkpoints(
             config, model,

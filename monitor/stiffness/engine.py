@@ -35,6 +35,7 @@ from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, Objective, OutputS
 from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
+from monitor.stiffness.projection import projected
 from monitor.stiffness.result import Counts, StiffnessResult
 
 
@@ -231,10 +232,10 @@ def _measure(
         objective = dataclasses.replace(objective, attention_mask=probe.attention_mask)  # reordered
         targets = probe.token_targets if objective.sequence else probe.targets
         assert targets is not None  # _check_sequences
-        provider = gradient_provider(
+        provider = projected(selection, options.projection, gradient_provider(
             model, selection, inputs, targets, device, options.precision, options.backend,
             objective,
-        )  # fmt: skip
+        ))  # fmt: skip
         batch = chunk_size(provider, options)
         spent = 0.0  # gradient seconds of attempts given up on out-of-memory
         while True:

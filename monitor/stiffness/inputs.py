@@ -17,6 +17,21 @@ Backend = Literal["auto", "hooks", "vmap", "loop"]
 BACKENDS = ("auto", "hooks", "vmap", "loop")
 Loss = Literal["cross_entropy", "causal_lm", "token_cross_entropy"]
 LOSSES = ("cross_entropy", "causal_lm", "token_cross_entropy")
+#: Projected dimensions per parameter when a projection names none (docs/precision.md).
+DEFAULT_PROJECTION_DIM = 1024
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Projection mode (``monitor.stiffness.projection``): at most ``dim`` dimensions per
+    selected parameter, matrices drawn from ``seed``."""
+
+    dim: int = DEFAULT_PROJECTION_DIM
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.seed < 0:
+            raise ValueError(f"projection needs dim >= 1 and seed >= 0, got {self}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +112,8 @@ class EngineOptions:
     (one more pass over the probe); pair mode always gives them, they are free there.
     ``loss`` is the per-example data loss: ``cross_entropy`` on (B, C) logits, or the
     sequence losses ``causal_lm`` and ``token_cross_entropy`` on (B, T, V) logits, which
-    need the probe's ``token_targets``.
+    need the probe's ``token_targets``. ``projection`` (None: exact) computes stiffness
+    from seeded random projections of the per-example gradients.
     """
 
     mode: Mode = "class"
@@ -111,6 +127,7 @@ class EngineOptions:
     uncertainty: bool = False
     backend: Backend = "auto"
     loss: Loss = "cross_entropy"
+    projection: Projection | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):

@@ -1,0 +1,108 @@
+"""Projection mode's error against exact class mode, as a function of k (docs/precision.md).
+
+Three models on which exact class mode fits: the digits MLP (examples/digits, the real 8×8
+digits), a ResNet-18 (bench/resnet.py, width 64, 32×32 random inputs) and a reduced-width
+GPT-2 (examples/language: n_embd 128, 4 layers, vocabulary 512, causal_lm on random token
+sequences of length 32; GPT-2 small itself does not fit this CPU's time). Each model is
+evaluated once exactly and once per k and seed; the table gives, per k, the largest
+|Δ| over seeds of any class-matrix entry and of the within-class stiffness.
+
+    python bench/projection_error.py [--ks 64,256,1024,4096] [--seeds 2] [--n 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.resnet import ResNet18  # noqa: E402
+from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness  # noqa: E402
+from monitor.stiffness.inputs import Projection  # noqa: E402
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _probe(inputs: torch.Tensor, targets: torch.Tensor, tokens: Any = None) -> ProbeSet:
+    classes = tuple(sorted(set(targets.tolist())))
+    return ProbeSet(inputs=inputs, targets=targets, classes=classes, token_targets=tokens)
+
+
+def digits(n: int) -> tuple[nn.Module, ProbeSet, str]:
+    torch.manual_seed(0)
+    model = _load(ROOT / "examples/digits/model.py", "digits_model").build_mlp()
+    x, y = _load(ROOT / "examples/digits/digits_data.py", "digits_data").probe()
+    keep = torch.cat([(y == c).nonzero().squeeze(1)[: n // 4] for c in range(4)])
+    return model, _probe(x[keep].float(), y[keep]), "cross_entropy"
+
+
+def resnet(n: int) -> tuple[nn.Module, ProbeSet, str]:
+    torch.manual_seed(0)
+    y = torch.arange(n) % 4
+    return ResNet18(classes=4), _probe(torch.randn(n, 3, 32, 32), y), "cross_entropy"
+
+
+def gpt2(n: int) -> tuple[nn.Module, ProbeSet, str]:
+    torch.manual_seed(0)
+    build = _load(ROOT / "examples/language/model.py", "language_models").build_gpt2
+    model = build(vocab_size=512, n_embd=128, n_layer=4, n_head=4, n_positions=32)
+    tokens = torch.randint(0, 512, (n, 32))
+    y = torch.arange(n) % 4
+    return model, _probe(tokens, y, tokens.clone()), "causal_lm"
+
+
+def errors(exact: Any, approx: Any) -> tuple[float, float]:
+    """(max |Δ| over class-matrix entries, |Δ| of within-class stiffness)."""
+    cells = [
+        abs(a - b)
+        for row_a, row_b in zip(exact.cosine.matrix, approx.cosine.matrix, strict=True)
+        for a, b in zip(row_a, row_b, strict=True)
+        if a is not None and b is not None
+    ]
+    return max(cells), abs(exact.cosine.within - approx.cosine.within)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ks", default="64,256,1024,4096")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--n", type=int, default=40)
+    parser.add_argument("--models", default="digits,resnet,gpt2")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    builders = {"digits": digits, "resnet": resnet, "gpt2": gpt2}
+    torch.set_num_threads(2)
+    print("| model | P | k | max \\|Δ\\| class matrix | max \\|Δ\\| within | seconds |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        model, probe, loss = builders[name](args.n)
+        count = sum(p.numel() for p in model.parameters())
+        exact = compute_stiffness(model, probe, EngineOptions(loss=loss, batch_size=16))
+        for k in ks:
+            began, worst = time.perf_counter(), (0.0, 0.0)
+            for seed in range(args.seeds):
+                options = EngineOptions(loss=loss, batch_size=16, projection=Projection(k, seed))
+                cell, within = errors(exact, compute_stiffness(model, probe, options))
+                worst = (max(worst[0], cell), max(worst[1], within))
+            seconds = (time.perf_counter() - began) / args.seeds
+            print(f"| {name} | {count:,} | {k} | {worst[0]:.4f} | {worst[1]:.4f} | {seconds:.1f} |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

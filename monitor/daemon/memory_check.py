@@ -1,0 +1,42 @@
+"""``check``'s warning when exact class mode's class sums would not fit ``memory_limit``.
+
+Exact class mode keeps one float64 sum of P values per class and split (sets·C·P·8 bytes,
+ResNet-18 at 100 classes: 18 GB); projection mode keeps sets·C·K instead. The engine knows
+P from the parameter selection, the probe knows C and whether it has splits.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from monitor.config.schema import MonitorConfig
+from monitor.errors import EngineError
+from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.parameters import select_parameters
+
+
+def class_sums_bytes(parameters: int, probe: ProbeSet) -> int:
+    """What exact class mode's float64 class sums take for this probe."""
+    sets = 2 if probe.has_splits else 1
+    return sets * len(probe.classes) * parameters * 8
+
+
+def class_memory_warning(config: MonitorConfig, model: nn.Module, probe: ProbeSet) -> str | None:
+    """The warning, or None when it fits, no limit is set, or projection or pair mode is on."""
+    stiffness = config.stiffness
+    limit = stiffness.memory_limit
+    if stiffness.mode != "class" or stiffness.projection is not None or limit is None:
+        return None
+    try:
+        selection = select_parameters(model, tuple(stiffness.include), tuple(stiffness.exclude))
+    except EngineError:
+        return None  # no parameter selected: the evaluation says so
+    need = class_sums_bytes(selection.numel, probe)
+    if need <= limit:
+        return None
+    return (
+        f"{config.source}: stiffness.memory_limit: exact class mode needs {need / 2**30:.2f} "
+        f"GiB for its class sums ({len(probe.classes)} classes x {selection.numel:,} "
+        f"parameters in float64), more than the limit of {limit / 2**30:.2f} GiB; select "
+        "fewer parameters or set stiffness.projection: {dim: 1024} (docs/precision.md)"
+    )

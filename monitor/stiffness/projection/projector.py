@@ -1,0 +1,125 @@
+"""A chunk's per-example gradients projected to (b, K), parameter by parameter.
+
+Per selected parameter of n values, with ``dim`` k:
+
+- n <= k: kept as it is (projecting it would save nothing and only add noise);
+- an outer-product gradient G_i = Σ_t l_t r_tᵀ (Linear, Conv, Conv1D: ``Outer``; Embedding:
+  ``Tokens``), or a dense row of a parameter with two or more dimensions viewed as
+  (shape[0], n/shape[0]): the Kronecker projection P_out G_i P_inᵀ = Σ_t (P_out l_t)(P_in r_t)ᵀ,
+  k_out·k_in <= k (``matrices.split``), formed from the projected factors, never from G_i;
+- anything else (a bias, a norm's scale, a fallback parameter's row): a dense Gaussian
+  projection to k of its materialised row.
+
+The same parameter gets the same projection whichever backend formed its gradient (the
+factor layout of a weight is its (shape[0], rest) view), so the hook backend, vmap and the
+loop agree up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from monitor.stiffness.gradients import Rows
+from monitor.stiffness.layers.rows import FactoredRows, ParamBlock
+from monitor.stiffness.layers.uses import Factors
+from monitor.stiffness.projection.matrices import Matrices, split
+
+
+class Projector:
+    """Projects chunks of one evaluation; ``shapes`` are the selected parameters', in order."""
+
+    def __init__(
+        self,
+        dim: int,
+        seed: int,
+        shapes: dict[str, tuple[int, ...]],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.dim, self.shapes = dim, shapes
+        self.matrices = Matrices(seed, device, dtype)
+
+    def width(self, name: str) -> int:
+        """The projected width of one parameter."""
+        shape = self.shapes[name]
+        n = math.prod(shape)
+        if n <= self.dim:
+            return n
+        if len(shape) >= 2:
+            k_out, k_in = split(shape[0], n // shape[0], self.dim)
+            return k_out * k_in
+        return self.dim
+
+    @property
+    def total(self) -> int:
+        """K: the width of a projected row."""
+        return sum(self.width(name) for name in self.shapes)
+
+    def rows(self, grads: Rows) -> torch.Tensor:
+        """(b, K) projected rows of a (b, P) matrix or of factored rows."""
+        if isinstance(grads, FactoredRows):
+            parts = [self.block(block) for block in grads.blocks]
+        else:
+            parts, start = [], 0
+            for name, shape in self.shapes.items():
+                n = math.prod(shape)
+                parts.append(self.dense(name, grads[:, start : start + n]))
+                start += n
+        return torch.cat(parts, dim=1)
+
+    def block(self, block: ParamBlock) -> torch.Tensor:
+        """One parameter's projected rows from the hook backend's uses: from their factors
+        (L, R) when every use has them for the weight's (shape[0], rest) layout."""
+        shape = self.shapes[block.name]
+        if not block.uses:
+            return torch.zeros(block.batch, self.width(block.name), device=self.matrices.device)
+        if len(shape) >= 2 and block.numel > self.dim and block.factorable:
+            found = block.factors
+            if len(found) == len(block.uses) and all(f.rows == shape[0] for f in found):
+                total = self.outer(block.name, found[0])
+                for factors in found[1:]:
+                    total = total + self.outer(block.name, factors)
+                return total
+        return self.dense(block.name, block.transient_rows())
+
+    def _factors(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        shape = self.shapes[name]
+        rows, cols = shape[0], math.prod(shape) // shape[0]
+        k_out, k_in = split(rows, cols, self.dim)
+        return (
+            self.matrices.factor(name, rows, cols, k_out, "out"),
+            self.matrices.factor(name, rows, cols, k_in, "in"),
+        )
+
+    def outer(self, name: str, factors: Factors) -> torch.Tensor:
+        """Σ_t (P_out l_t)(P_in r_t)ᵀ flattened: (b, k_out·k_in), from G = Lᵀ R."""
+        p_out, p_in = self._factors(name)
+        right = factors.right if p_in is None else factors.right @ p_in.T  # (b, T, k_in)
+        left = factors.left
+        if factors.one_hot:  # l_t = onehot(token): P_out l_t is a column of P_out
+            if p_out is None:
+                left = torch.nn.functional.one_hot(left, factors.rows).to(right.dtype)
+            else:
+                left = p_out.T[left]  # (b, T, k_out)
+        elif p_out is not None:
+            left = left @ p_out.T  # (b, T, k_out)
+        # (b, k_out, T) @ (b, T, k_in) -> (b, k_out, k_in)
+        return torch.bmm(left.transpose(1, 2), right).reshape(right.shape[0], -1)
+
+    def dense(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """One parameter's materialised rows (b, n) projected: (b, width)."""
+        shape = self.shapes[name]
+        n = int(values.shape[1])
+        if n <= self.dim:
+            return values
+        if len(shape) >= 2:
+            p_out, p_in = self._factors(name)
+            g = values.reshape(values.shape[0], shape[0], n // shape[0])  # (b, rows, cols)
+            if p_out is not None:
+                g = torch.matmul(p_out, g)  # (k_out, rows) @ (b, rows, cols)
+            if p_in is not None:
+                g = torch.matmul(g, p_in.T)  # (b, k_out, cols) @ (cols, k_in)
+            return g.reshape(values.shape[0], -1)
+        return self.matrices.dense(name, values, self.dim)

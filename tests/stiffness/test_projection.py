@@ -1,0 +1,206 @@
+"""Projection mode (``stiffness.projection``): seeded, unbiased, exact in the limit.
+
+Real torch models (a small MLP with a bias-free layer, a tiny conv net, a tiny GPT-2 with
+Conv1D and an embedding), the engine's own providers, and the exact engine (itself checked
+against the float64 reference in test_engine.py) as what projection approximates.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
+from monitor.stiffness.backends import gradient_provider
+from monitor.stiffness.gradients import dot64
+from monitor.stiffness.inputs import Projection
+from monitor.stiffness.layers.rows import FactoredRows
+from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.projection import ProjectedGradients
+from monitor.stiffness.projection.matrices import Matrices, split
+
+N, CLASSES = 24, 3
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(10, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(),
+                         nn.Linear(16, CLASSES))  # fmt: skip
+
+
+def probe() -> ProbeSet:
+    torch.manual_seed(2)
+    y = torch.arange(N) % CLASSES
+    return ProbeSet(inputs=torch.randn(N, 10), targets=y, classes=tuple(range(CLASSES)))
+
+
+def matrix_error(a: object, b: object) -> float:
+    cells = [
+        abs(x - y)
+        for ra, rb in zip(a.cosine.matrix, b.cosine.matrix, strict=True)  # type: ignore[attr-defined]
+        for x, y in zip(ra, rb, strict=True)
+        if x is not None and y is not None
+    ]
+    return max(cells)
+
+
+def exact_gram(model: nn.Module, data: ProbeSet, backend: str = "auto") -> torch.Tensor:
+    selection = select_parameters(model, (), ())
+    provider = gradient_provider(
+        model, selection, data.inputs, data.targets, torch.device("cpu"), backend=backend
+    )
+    g = provider(0, N).grads
+    return dot64(g, g)
+
+
+def projected_gram(model: nn.Module, data: ProbeSet, dim: int, seed: int, backend: str = "auto"):
+    selection = select_parameters(model, (), ())
+    inner = gradient_provider(
+        model, selection, data.inputs, data.targets, torch.device("cpu"), backend=backend
+    )
+    rows = ProjectedGradients(inner, selection, Projection(dim, seed))(0, N).grads
+    assert isinstance(rows, torch.Tensor)
+    return rows, dot64(rows, rows)
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_k_at_least_every_parameter_reproduces_exact(mode: str) -> None:
+    model, data = mlp(), probe()
+    exact = compute_stiffness(model, data, EngineOptions(mode=mode))
+    same = compute_stiffness(model, data, EngineOptions(mode=mode, projection=Projection(10**6)))
+    assert matrix_error(exact, same) < 1e-6
+    if mode == "pair":
+        assert exact.sign is not None and same.sign is not None
+        assert exact.sign.matrix == same.sign.matrix
+
+
+def test_kronecker_projection_is_the_dense_kronecker_product() -> None:
+    """P_out G P_inᵀ from the factors equals (P_out ⊗ P_in) vec(G) of the formed gradient."""
+    model, data = mlp(), probe()
+    selection = select_parameters(model, (), ())
+    hooks = gradient_provider(model, selection, data.inputs, data.targets, torch.device("cpu"))
+    chunk = hooks(0, N)
+    assert isinstance(chunk.grads, FactoredRows)
+    wrapped = ProjectedGradients(hooks, selection, Projection(dim=40, seed=3))
+    block = next(b for b in chunk.grads.blocks if b.name == "2.weight")  # (16, 24)
+    got = wrapped.projector.block(block)
+    k_out, k_in = split(16, 24, 40)
+    assert (k_out, k_in) == (6, 6)
+    p_out = wrapped.projector.matrices.factor("2.weight", 16, 24, k_out, "out")
+    p_in = wrapped.projector.matrices.factor("2.weight", 16, 24, k_in, "in")
+    assert p_out is not None and p_in is not None
+    dense = block.transient_rows() @ torch.kron(p_out, p_in).T  # (b, 384) @ (384, 36)
+    torch.testing.assert_close(got, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_backends_agree_on_the_projection() -> None:
+    """The hook backend's factors and vmap's formed rows get the same projection."""
+    model, data = mlp(), probe()
+    hooks, _ = projected_gram(model, data, 40, 5, "hooks")
+    vmap, _ = projected_gram(model, data, 40, 5, "vmap")
+    torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
+
+
+def test_projected_inner_products_are_unbiased() -> None:
+    """Mean over S seeds of projected Gram entries within 5 standard errors of exact.
+
+    Each entry's seeds are independent draws of an unbiased estimator, so (mean - exact)
+    / (sd / √S) is about standard normal; over the N² entries a 5σ bound fails with
+    probability < 1e-4 even unadjusted. The check has power: a bias of 10% of |exact|
+    in the largest entries would exceed it."""
+    model, data = mlp(), probe()
+    exact = exact_gram(model, data)
+    draws = torch.stack([projected_gram(model, data, 16, s)[1] for s in range(60)])
+    mean, sd = draws.mean(0), draws.std(0)
+    z = (mean - exact).abs() / (sd / math.sqrt(draws.shape[0]) + 1e-12)
+    assert float(z.max()) < 5.0
+    assert float(sd.max()) > 0  # it did project
+
+
+def test_error_shrinks_with_k() -> None:
+    model, data = mlp(), probe()
+    exact = exact_gram(model, data)
+    norms = exact.diagonal().sqrt()
+    cos = exact / torch.outer(norms, norms)
+
+    def error(dim: int) -> float:
+        worst = []
+        for seed in range(4):
+            g = projected_gram(model, data, dim, seed)[1]
+            n = g.diagonal().sqrt()
+            worst.append(float((g / torch.outer(n, n) - cos).abs().mean()))
+        return sum(worst) / len(worst)
+
+    errors = [error(k) for k in (4, 16, 64, 256)]
+    assert errors[0] > errors[1] > errors[2] > errors[3], errors
+    assert errors[3] < errors[0] / 3
+
+
+def test_seeded_identical_across_evaluations_and_seeds_differ() -> None:
+    model, data = mlp(), probe()
+    options = EngineOptions(projection=Projection(16, 7))
+    one = compute_stiffness(model, data, options)
+    two = compute_stiffness(model, data, options)
+    assert one.cosine.matrix == two.cosine.matrix
+    other = compute_stiffness(model, data, EngineOptions(projection=Projection(16, 8)))
+    assert other.cosine.matrix != one.cosine.matrix
+
+
+def test_identical_across_processes() -> None:
+    code = (
+        "import torch\n"
+        "from monitor.stiffness.projection.matrices import Matrices\n"
+        "m = Matrices(11, torch.device('cpu'), torch.float32)\n"
+        "print(m.factor('layer.weight', 300, 200, 12, 'in').double().sum().item())\n"
+        "print(m.dense('bias', torch.ones(1, 70000), 9).double().sum().item())\n"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=60).stdout.split()  # fmt: skip
+    m = Matrices(11, torch.device("cpu"), torch.float32)
+    factor = m.factor("layer.weight", 300, 200, 12, "in")
+    assert factor is not None
+    here = [
+        factor.double().sum().item(),
+        m.dense("bias", torch.ones(1, 70000), 9).double().sum().item(),
+    ]
+    assert [float(v) for v in there] == here
+
+
+def test_conv_and_gpt2_layers_project_from_factors() -> None:
+    """Conv (unfolded patches), Conv1D and Embedding (Tokens) rows: projection equals the
+    same projection of the formed rows (vmap), and k >= every parameter is exact."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    data = ProbeSet(inputs=torch.randn(N, 2, 6, 6), targets=torch.arange(N) % 3,
+                    classes=(0, 1, 2))  # fmt: skip
+    hooks, _ = projected_gram(model, data, 20, 1, "hooks")
+    vmap, _ = projected_gram(model, data, 20, 1, "vmap")
+    torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(5)
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=20, n_positions=8, n_embd=8, n_layer=1, n_head=2))  # fmt: skip
+    tokens = torch.randint(0, 20, (12, 6))
+    seq = ProbeSet(inputs=tokens, targets=torch.arange(12) % 2, classes=(0, 1),
+                   token_targets=tokens.clone())  # fmt: skip
+    exact = compute_stiffness(gpt, seq, EngineOptions(loss="causal_lm", mode="pair"))
+    same = compute_stiffness(
+        gpt, seq, EngineOptions(loss="causal_lm", mode="pair", projection=Projection(10**5))
+    )
+    assert matrix_error(exact, same) < 1e-5
+    near = compute_stiffness(
+        gpt, seq, EngineOptions(loss="causal_lm", mode="class", projection=Projection(64, 2))
+    )
+    assert 0 < matrix_error(exact, near) < 0.5
+
+
+def test_bad_projection_options() -> None:
+    with pytest.raises(ValueError, match="dim >= 1"):
+        Projection(0)
+    with pytest.raises(ValueError, match="seed >= 0"):
+        Projection(4, -1)
