@@ -4,10 +4,13 @@ Three models on which exact class mode fits: the digits MLP (examples/digits, th
 digits), a ResNet-18 (bench/resnet.py, width 64, 32×32 random inputs) and a reduced-width
 GPT-2 (examples/language: n_embd 128, 4 layers, vocabulary 512, causal_lm on random token
 sequences of length 32; GPT-2 small itself does not fit this CPU's time). Each model is
-evaluated once exactly and once per k and seed; the table gives, per k, the largest
-|Δ| over seeds of any class-matrix entry and of the within-class stiffness.
+evaluated once exactly and once per kind, k and seed; the table gives, per kind and k, the
+largest |Δ| over seeds of any class-matrix entry and of the within-class stiffness (class
+mode, N=40 in 4 classes, so 90 pairs per within-class entry), and the seconds per projected
+evaluation (2 shared CPU cores: indicative only).
 
-    python bench/projection_error.py [--ks 64,256,1024,4096] [--seeds 2] [--n 40]
+    python bench/projection_error.py [--ks 256,1024,4096,16384] [--seeds 3] [--n 40]
+        [--kinds khatri_rao,kronecker] [--models digits,resnet,gpt2]
 """
 
 from __future__ import annotations
@@ -79,29 +82,35 @@ def errors(exact: Any, approx: Any) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ks", default="64,256,1024,4096")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--ks", default="256,1024,4096,16384")
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--models", default="digits,resnet,gpt2")
+    parser.add_argument("--kinds", default="khatri_rao,kronecker")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     builders = {"digits": digits, "resnet": resnet, "gpt2": gpt2}
     torch.set_num_threads(2)
-    print("| model | P | k | max \\|Δ\\| class matrix | max \\|Δ\\| within | seconds |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | P | kind | k | max \\|Δ\\| class matrix | max \\|Δ\\| within | seconds |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
         model, probe, loss = builders[name](args.n)
         count = sum(p.numel() for p in model.parameters())
         exact = compute_stiffness(model, probe, EngineOptions(loss=loss, batch_size=16))
-        for k in ks:
+        assert exact.cosine.within is not None
+        for kind, k in [(kind, k) for kind in args.kinds.split(",") for k in ks]:
             began, worst = time.perf_counter(), (0.0, 0.0)
             for seed in range(args.seeds):
-                options = EngineOptions(loss=loss, batch_size=16, projection=Projection(k, seed))
+                projection = Projection(k, seed, kind)
+                options = EngineOptions(loss=loss, batch_size=16, projection=projection)
                 cell, within = errors(exact, compute_stiffness(model, probe, options))
                 worst = (max(worst[0], cell), max(worst[1], within))
             seconds = (time.perf_counter() - began) / args.seeds
-            print(f"| {name} | {count:,} | {k} | {worst[0]:.4f} | {worst[1]:.4f} | {seconds:.1f} |")
-            sys.stdout.flush()
+            print(
+                f"| {name} | {count:,} | {kind} | {k} | {worst[0]:.4f} | {worst[1]:.4f} "
+                f"| {seconds:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -91,10 +91,12 @@ class ProbeConfig(Section):
 
 class ProjectionConfig(Section):
     """``stiffness.projection``: per-example gradients projected to at most ``dim``
-    dimensions per parameter, matrices drawn from ``seed`` (docs/precision.md)."""
+    dimensions per parameter, matrices drawn from ``seed``, outer-product gradients the
+    ``kind`` way (docs/precision.md)."""
 
     dim: int = Field(DEFAULT_PROJECTION_DIM, ge=1)
     seed: int = Field(0, ge=0)
+    kind: Literal["khatri_rao", "kronecker"] = "khatri_rao"
 
     @field_validator("dim", "seed", mode="before")
     @classmethod
@@ -145,6 +147,6 @@ class StiffnessConfig(Section):
             projection=(
                 None
                 if self.projection is None
-                else Projection(self.projection.dim, self.projection.seed)
+                else Projection(self.projection.dim, self.projection.seed, self.projection.kind)
             ),
         )

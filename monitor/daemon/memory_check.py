@@ -11,7 +11,7 @@ from torch import nn
 
 from monitor.config.schema import MonitorConfig
 from monitor.errors import EngineError
-from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.inputs import DEFAULT_PROJECTION_DIM, ProbeSet
 from monitor.stiffness.parameters import select_parameters
 
 
@@ -38,5 +38,6 @@ def class_memory_warning(config: MonitorConfig, model: nn.Module, probe: ProbeSe
         f"{config.source}: stiffness.memory_limit: exact class mode needs {need / 2**30:.2f} "
         f"GiB for its class sums ({len(probe.classes)} classes x {selection.numel:,} "
         f"parameters in float64), more than the limit of {limit / 2**30:.2f} GiB; select "
-        "fewer parameters or set stiffness.projection: {dim: 1024} (docs/precision.md)"
+        f"fewer parameters or set stiffness.projection: {{dim: {DEFAULT_PROJECTION_DIM}}} "
+        "(projection mode, docs/precision.md)"
     )

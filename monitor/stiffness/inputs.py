@@ -17,21 +17,28 @@ Backend = Literal["auto", "hooks", "vmap", "loop"]
 BACKENDS = ("auto", "hooks", "vmap", "loop")
 Loss = Literal["cross_entropy", "causal_lm", "token_cross_entropy"]
 LOSSES = ("cross_entropy", "causal_lm", "token_cross_entropy")
+ProjectionKind = Literal["khatri_rao", "kronecker"]
+PROJECTION_KINDS = ("khatri_rao", "kronecker")
 #: Projected dimensions per parameter when a projection names none (docs/precision.md).
-DEFAULT_PROJECTION_DIM = 1024
+DEFAULT_PROJECTION_DIM = 4096
 
 
 @dataclass(frozen=True)
 class Projection:
     """Projection mode (``monitor.stiffness.projection``): at most ``dim`` dimensions per
-    selected parameter, matrices drawn from ``seed``."""
+    selected parameter, matrices drawn from ``seed``; ``kind`` is how outer-product
+    (Linear, Conv, Embedding) gradients are projected: row-wise Kronecker (Khatri-Rao) or
+    LoGra's Kronecker P_out G P_inᵀ (cheaper, but its error falls as k^(-1/4))."""
 
     dim: int = DEFAULT_PROJECTION_DIM
     seed: int = 0
+    kind: ProjectionKind = "khatri_rao"
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.seed < 0:
-            raise ValueError(f"projection needs dim >= 1 and seed >= 0, got {self}")
+        if self.dim < 1 or self.seed < 0 or self.kind not in PROJECTION_KINDS:
+            raise ValueError(
+                f"projection needs dim >= 1, seed >= 0 and kind in {PROJECTION_KINDS}, got {self}"
+            )
 
 
 @dataclass(frozen=True, eq=False)

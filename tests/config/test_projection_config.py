@@ -25,13 +25,14 @@ def test_exact_by_default(tmp_path: Path) -> None:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    text = "probe: {path: p.pt}\nstiffness: {projection: {dim: 256, seed: 9}}\n"
+    text = "probe: {path: p.pt}\nstiffness: {projection: {dim: 256, seed: 9, kind: kronecker}}\n"
     config = load_config(write(tmp_path, text))
-    assert config.stiffness.engine_options().projection == Projection(256, 9)
+    assert config.stiffness.engine_options().projection == Projection(256, 9, "kronecker")
     dumped = config.stiffness.model_dump()["projection"]
-    assert dumped == {"dim": 256, "seed": 9}
+    assert dumped == {"dim": 256, "seed": 9, "kind": "kronecker"}
     empty = load_config(write(tmp_path, "probe: {path: p.pt}\nstiffness: {projection: {}}\n"))
-    assert empty.stiffness.engine_options().projection == Projection(DEFAULT_PROJECTION_DIM, 0)
+    default = Projection(DEFAULT_PROJECTION_DIM, 0, "khatri_rao")
+    assert empty.stiffness.engine_options().projection == default
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,7 @@ def test_round_trip(tmp_path: Path) -> None:
         ("{dim: true}", "stiffness.projection.dim"),
         ("{seed: -1}", "stiffness.projection.seed"),
         ("{dims: 4}", "stiffness.projection.dims: unknown key"),
+        ("{kind: sparse}", "stiffness.projection.kind"),
         ("256", "stiffness.projection"),
     ],
 )

@@ -18,7 +18,7 @@ from torch import nn
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
 from monitor.stiffness.backends import gradient_provider
 from monitor.stiffness.gradients import dot64
-from monitor.stiffness.inputs import Projection
+from monitor.stiffness.inputs import PROJECTION_KINDS, Projection, ProjectionKind
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.projection import ProjectedGradients
@@ -58,12 +58,19 @@ def exact_gram(model: nn.Module, data: ProbeSet, backend: str = "auto") -> torch
     return dot64(g, g)
 
 
-def projected_gram(model: nn.Module, data: ProbeSet, dim: int, seed: int, backend: str = "auto"):
+def projected_gram(
+    model: nn.Module,
+    data: ProbeSet,
+    dim: int,
+    seed: int,
+    backend: str = "auto",
+    kind: ProjectionKind = "khatri_rao",
+) -> tuple[torch.Tensor, torch.Tensor]:
     selection = select_parameters(model, (), ())
     inner = gradient_provider(
         model, selection, data.inputs, data.targets, torch.device("cpu"), backend=backend
     )
-    rows = ProjectedGradients(inner, selection, Projection(dim, seed))(0, N).grads
+    rows = ProjectedGradients(inner, selection, Projection(dim, seed, kind))(0, N).grads
     assert isinstance(rows, torch.Tensor)
     return rows, dot64(rows, rows)
 
@@ -86,7 +93,7 @@ def test_kronecker_projection_is_the_dense_kronecker_product() -> None:
     hooks = gradient_provider(model, selection, data.inputs, data.targets, torch.device("cpu"))
     chunk = hooks(0, N)
     assert isinstance(chunk.grads, FactoredRows)
-    wrapped = ProjectedGradients(hooks, selection, Projection(dim=40, seed=3))
+    wrapped = ProjectedGradients(hooks, selection, Projection(40, 3, "kronecker"))
     block = next(b for b in chunk.grads.blocks if b.name == "2.weight")  # (16, 24)
     got = wrapped.projector.block(block)
     k_out, k_in = split(16, 24, 40)
@@ -98,15 +105,33 @@ def test_kronecker_projection_is_the_dense_kronecker_product() -> None:
     torch.testing.assert_close(got, dense, rtol=1e-5, atol=1e-6)
 
 
-def test_backends_agree_on_the_projection() -> None:
+def test_khatri_rao_projection_is_the_dense_row_wise_kronecker_product() -> None:
+    """Coordinate j from the factors equals vec(G)·(a_j ⊗ b_j) of the formed gradient."""
+    model, data = mlp(), probe()
+    selection = select_parameters(model, (), ())
+    hooks = gradient_provider(model, selection, data.inputs, data.targets, torch.device("cpu"))
+    chunk = hooks(0, N)
+    assert isinstance(chunk.grads, FactoredRows)
+    wrapped = ProjectedGradients(hooks, selection, Projection(40, 3, "khatri_rao"))
+    block = next(b for b in chunk.grads.blocks if b.name == "2.weight")  # (16, 24)
+    got = wrapped.projector.block(block)
+    a, b = wrapped.projector.matrices.rowwise("2.weight", (16, 24), 40)
+    rows = torch.stack([torch.kron(a[j], b[j]) for j in range(40)])  # (40, 384)
+    torch.testing.assert_close(got, block.transient_rows() @ rows.T, rtol=1e-5, atol=1e-6)
+    assert float(rows.var()) == pytest.approx(1 / 40, rel=0.15)  # as a dense N(0, 1/k)
+
+
+@pytest.mark.parametrize("kind", PROJECTION_KINDS)
+def test_backends_agree_on_the_projection(kind: ProjectionKind) -> None:
     """The hook backend's factors and vmap's formed rows get the same projection."""
     model, data = mlp(), probe()
-    hooks, _ = projected_gram(model, data, 40, 5, "hooks")
-    vmap, _ = projected_gram(model, data, 40, 5, "vmap")
+    hooks, _ = projected_gram(model, data, 40, 5, "hooks", kind)
+    vmap, _ = projected_gram(model, data, 40, 5, "vmap", kind)
     torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
 
 
-def test_projected_inner_products_are_unbiased() -> None:
+@pytest.mark.parametrize("kind", PROJECTION_KINDS)
+def test_projected_inner_products_are_unbiased(kind: ProjectionKind) -> None:
     """Mean over S seeds of projected Gram entries within 5 standard errors of exact.
 
     Each entry's seeds are independent draws of an unbiased estimator, so (mean - exact)
@@ -115,14 +140,15 @@ def test_projected_inner_products_are_unbiased() -> None:
     in the largest entries would exceed it."""
     model, data = mlp(), probe()
     exact = exact_gram(model, data)
-    draws = torch.stack([projected_gram(model, data, 16, s)[1] for s in range(60)])
+    draws = torch.stack([projected_gram(model, data, 16, s, kind=kind)[1] for s in range(60)])
     mean, sd = draws.mean(0), draws.std(0)
     z = (mean - exact).abs() / (sd / math.sqrt(draws.shape[0]) + 1e-12)
     assert float(z.max()) < 5.0
     assert float(sd.max()) > 0  # it did project
 
 
-def test_error_shrinks_with_k() -> None:
+@pytest.mark.parametrize("kind", PROJECTION_KINDS)
+def test_error_shrinks_with_k(kind: ProjectionKind) -> None:
     model, data = mlp(), probe()
     exact = exact_gram(model, data)
     norms = exact.diagonal().sqrt()
@@ -131,7 +157,7 @@ def test_error_shrinks_with_k() -> None:
     def error(dim: int) -> float:
         worst = []
         for seed in range(4):
-            g = projected_gram(model, data, dim, seed)[1]
+            g = projected_gram(model, data, dim, seed, kind=kind)[1]
             n = g.diagonal().sqrt()
             worst.append(float((g / torch.outer(n, n) - cos).abs().mean()))
         return sum(worst) / len(worst)
@@ -178,9 +204,10 @@ def test_conv_and_gpt2_layers_project_from_factors() -> None:
     model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
     data = ProbeSet(inputs=torch.randn(N, 2, 6, 6), targets=torch.arange(N) % 3,
                     classes=(0, 1, 2))  # fmt: skip
-    hooks, _ = projected_gram(model, data, 20, 1, "hooks")
-    vmap, _ = projected_gram(model, data, 20, 1, "vmap")
-    torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
+    for kind in PROJECTION_KINDS:
+        hooks, _ = projected_gram(model, data, 20, 1, "hooks", kind)
+        vmap, _ = projected_gram(model, data, 20, 1, "vmap", kind)
+        torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(5)
     gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -204,3 +231,5 @@ def test_bad_projection_options() -> None:
         Projection(0)
     with pytest.raises(ValueError, match="seed >= 0"):
         Projection(4, -1)
+    with pytest.raises(ValueError, match="kind in"):
+        Projection(4, 0, "sparse")  # type: ignore[arg-type]

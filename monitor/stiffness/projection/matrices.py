@@ -69,6 +69,25 @@ class Matrices:
             self._kept[key] = gaussian(k, width, seed, self.device, self.dtype)
         return self._kept[key]
 
+    def rowwise(
+        self, name: str, shape: tuple[int, ...], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (k, rows) and B (k, cols) for the row-wise Kronecker (Khatri-Rao) projection of
+        a (rows, cols) gradient: entries N(0, 1/√k) each, so that the rows a_j ⊗ b_j of the
+        projection have entries of variance 1/k, as a dense N(0, 1/k) matrix has."""
+        rows, cols = shape[0], math.prod(shape) // shape[0]
+        key = (name, (rows, cols, k), "rowwise")
+        if key not in self._kept:
+            scale = math.sqrt(math.sqrt(k))
+            pair = [
+                gaussian(k, width, seed_for(self.seed, name, (rows, cols, k), side), self.device,
+                         self.dtype) * scale
+                for width, side in ((rows, "row-out"), (cols, "row-in"))
+            ]  # fmt: skip
+            self._kept[key] = torch.cat(pair, dim=1)  # (k, rows + cols)
+        both = self._kept[key]
+        return both[:, :rows], both[:, rows:]
+
     def dense(self, name: str, values: torch.Tensor, k: int) -> torch.Tensor:
         """values (b, d) @ Mᵀ for a (k, d) Gaussian M drawn block by block: (b, k)."""
         d = int(values.shape[1])

@@ -24,6 +24,7 @@ import torch
 from monitor.stiffness.gradients import Rows
 from monitor.stiffness.layers.rows import FactoredRows, ParamBlock
 from monitor.stiffness.layers.uses import Factors
+from monitor.stiffness.projection.khatri_rao import khatri_rao_dense, khatri_rao_outer
 from monitor.stiffness.projection.matrices import Matrices, split
 
 
@@ -37,8 +38,9 @@ class Projector:
         shapes: dict[str, tuple[int, ...]],
         device: torch.device,
         dtype: torch.dtype,
+        kind: str = "kronecker",
     ) -> None:
-        self.dim, self.shapes = dim, shapes
+        self.dim, self.shapes, self.kind = dim, shapes, kind
         self.matrices = Matrices(seed, device, dtype)
 
     def width(self, name: str) -> int:
@@ -47,7 +49,7 @@ class Projector:
         n = math.prod(shape)
         if n <= self.dim:
             return n
-        if len(shape) >= 2:
+        if len(shape) >= 2 and self.kind == "kronecker":
             k_out, k_in = split(shape[0], n // shape[0], self.dim)
             return k_out * k_in
         return self.dim
@@ -95,6 +97,10 @@ class Projector:
 
     def outer(self, name: str, factors: Factors) -> torch.Tensor:
         """Σ_t (P_out l_t)(P_in r_t)ᵀ flattened: (b, k_out·k_in), from G = Lᵀ R."""
+        if self.kind == "khatri_rao":
+            return khatri_rao_outer(
+                self.matrices.rowwise(name, self.shapes[name], self.dim), factors
+            )
         p_out, p_in = self._factors(name)
         right = factors.right if p_in is None else factors.right @ p_in.T  # (b, T, k_in)
         left = factors.left
@@ -114,6 +120,8 @@ class Projector:
         n = int(values.shape[1])
         if n <= self.dim:
             return values
+        if len(shape) >= 2 and self.kind == "khatri_rao":
+            return khatri_rao_dense(self.matrices.rowwise(name, shape, self.dim), values)
         if len(shape) >= 2:
             p_out, p_in = self._factors(name)
             g = values.reshape(values.shape[0], shape[0], n // shape[0])  # (b, rows, cols)

@@ -24,8 +24,9 @@ class ProjectedGradients:
         self.inner = inner
         shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
         self.projector = Projector(
-            projection.dim, projection.seed, shapes, inner.device, selection.dtype
-        )
+            projection.dim, projection.seed, shapes, inner.device, selection.dtype,
+            projection.kind,
+        )  # fmt: skip
         self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
 
     @property
