@@ -3,10 +3,12 @@
 Per selected parameter of n values, with ``dim`` k:
 
 - n <= k: kept as it is (projecting it would save nothing and only add noise);
-- an outer-product gradient G_i = Σ_t l_t r_tᵀ (Linear, Conv, Conv1D: ``Outer``; Embedding:
-  ``Tokens``), or a dense row of a parameter with two or more dimensions viewed as
-  (shape[0], n/shape[0]): the Kronecker projection P_out G_i P_inᵀ = Σ_t (P_out l_t)(P_in r_t)ᵀ,
-  k_out·k_in <= k (``matrices.split``), formed from the projected factors, never from G_i;
+- an outer-product gradient G_i = Σ_t l_t r_tᵀ (Linear, Conv, Conv1D, Embedding: the uses'
+  ``Factors``), or a dense row of a parameter with two or more dimensions viewed as
+  (shape[0], n/shape[0]): with ``kind="kronecker"`` the projection
+  P_out G_i P_inᵀ = Σ_t (P_out l_t)(P_in r_t)ᵀ, k_out·k_in <= k (``matrices.split``); with
+  ``kind="khatri_rao"`` k coordinates a_jᵀ G_i b_j (``khatri_rao``); both formed from the
+  projected factors, never from G_i;
 - anything else (a bias, a norm's scale, a fallback parameter's row): a dense Gaussian
   projection to k of its materialised row.
 
