@@ -7,6 +7,7 @@ against the float64 reference in test_engine.py) as what projection approximates
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -178,23 +179,30 @@ def test_seeded_identical_across_evaluations_and_seeds_differ() -> None:
 
 
 def test_identical_across_processes() -> None:
+    """A second process draws the same matrices and gives the same class matrix."""
     code = (
-        "import torch\n"
+        "import json, torch\n"
+        "from monitor.stiffness import EngineOptions, compute_stiffness\n"
+        "from monitor.stiffness.inputs import Projection\n"
         "from monitor.stiffness.projection.matrices import Matrices\n"
+        "from tests.stiffness.test_projection import mlp, probe\n"
         "m = Matrices(11, torch.device('cpu'), torch.float32)\n"
-        "print(m.factor('layer.weight', 300, 200, 12, 'in').double().sum().item())\n"
-        "print(m.dense('bias', torch.ones(1, 70000), 9).double().sum().item())\n"
+        "sums = [m.factor('layer.weight', 300, 200, 12, 'in').double().sum().item(),\n"
+        "        m.dense('bias', torch.ones(1, 70000), 9).double().sum().item()]\n"
+        "options = EngineOptions(projection=Projection(16, 7))\n"
+        "result = compute_stiffness(mlp(), probe(), options)\n"
+        "print(json.dumps({'sums': sums, 'matrix': result.cosine.matrix}))\n"
     )
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, timeout=60).stdout.split()  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)  # fmt: skip
+    there = json.loads(done.stdout.strip().splitlines()[-1])
     m = Matrices(11, torch.device("cpu"), torch.float32)
     factor = m.factor("layer.weight", 300, 200, 12, "in")
     assert factor is not None
-    here = [
-        factor.double().sum().item(),
-        m.dense("bias", torch.ones(1, 70000), 9).double().sum().item(),
-    ]
-    assert [float(v) for v in there] == here
+    dense = m.dense("bias", torch.ones(1, 70000), 9)
+    assert there["sums"] == [factor.double().sum().item(), dense.double().sum().item()]
+    here = compute_stiffness(mlp(), probe(), EngineOptions(projection=Projection(16, 7)))
+    assert [list(row) for row in here.cosine.matrix] == there["matrix"]
 
 
 def test_conv_and_gpt2_layers_project_from_factors() -> None:
