@@ -30,6 +30,7 @@ from monitor.stiffness.gradients import (
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.statistics import StatisticsTracker
 from monitor.stiffness.uncertainty import jackknife_within
 
 
@@ -53,19 +54,25 @@ def stiffness_from_products(
 
 
 def classmate_dots(
-    stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats, sums: torch.Tensor
+    stream: ChunkStream,
+    stats: ExampleStats,
+    sums: torch.Tensor,
+    slots: torch.Tensor,
+    members: torch.Tensor,
 ) -> torch.Tensor:
-    """t_i = u_i·S_a - |u_i|² for every held-out usable example: a second pass over the probe.
+    """t_i = u_i·S_slot(i) - |u_i|² for every example in ``members`` (N,): a second pass.
 
-    The jackknife (``uncertainty``) needs each example's summed cosine with its classmates,
-    which the class sums alone cannot give; recomputing the gradients costs one more pass.
+    The jackknife (``uncertainty``, held-out examples) and the opposing share
+    (``statistics``, training examples) need each example's summed cosine with its
+    classmates, which the class sums alone cannot give; recomputing the gradients costs one
+    more pass, shared by both. ``slots`` (N,) are the examples' rows in ``sums``.
     """
-    t = torch.zeros(layout.size, dtype=torch.float64)
-    members = stats.usable & layout.held_out  # (N,)
-    for chunk in stream.chunks(0, layout.size):
+    size = int(slots.shape[0])
+    t = torch.zeros(size, dtype=torch.float64)
+    for chunk in stream.chunks(0, size):
         span = slice(chunk.start, chunk.stop)
         norms = stats.norms[span]
-        own = layout.class_index[span]
+        own = slots[span]
         if isinstance(chunk.grads, FactoredRows):  # g_i·S_a(i), parameter by parameter
             along = chunk.grads.project(sums, own.to(sums.device)) / norms
         else:
@@ -101,12 +108,18 @@ def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
 
 
 def class_mode(
-    stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats, uncertainty: bool = False
+    stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    uncertainty: bool = False,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
     """Stream the probe once, accumulating class sums of unit gradients per split.
 
     With ``uncertainty`` a second pass gives the jackknife standard errors of the
-    within-class values (``monitor.stiffness.uncertainty``).
+    within-class values (``monitor.stiffness.uncertainty``). A ``tracker`` sees every chunk
+    first (``statistics``) and, from the same second pass, the training examples' classmate
+    sums.
     """
     c = layout.num_classes
     sets = 2 if layout.has_splits else 1
@@ -116,6 +129,8 @@ def class_mode(
     counts = torch.zeros(sets * c, dtype=torch.int64)  # usable examples per slot
     for chunk in stream.chunks(0, layout.size):
         norms, usable = stats.record(chunk)
+        if tracker is not None:
+            tracker.observe(chunk, usable)
         if sums is None:
             sums = _zeros_like_rows(chunk.grads, sets * c)
         keep = usable.nonzero().squeeze(1)  # (k,) local rows with a direction
@@ -149,9 +164,16 @@ def class_mode(
         raise ValueError("class mode needs at least one example")
     products = dot64(sums, sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
     errors: dict[str, float | None] = {}
+    held = stats.usable & layout.held_out
+    if uncertainty or tracker is not None:
+        members = held if uncertainty else torch.zeros_like(held)  # (N,) bool
+        if tracker is not None:
+            members = members | tracker.members(stats.usable)
+        t = classmate_dots(stream, stats, sums, slot, members)
+        if tracker is not None:
+            tracker.classmates(t)
     if uncertainty:
-        t = classmate_dots(stream, layout, stats, sums[:c])
-        spread = jackknife_within(t, layout.class_index, stats.usable & layout.held_out, c)
+        spread = jackknife_within(t, layout.class_index, held, c)
         errors = {"within_class": spread["within"], "within_class_pooled": spread["within_pooled"]}
     del sums
     val, train = slice(0, c), slice(c, 2 * c)

@@ -34,6 +34,7 @@ from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.result import Counts, StiffnessResult
+from monitor.stiffness.statistics import StatisticsTracker
 
 
 @contextlib.contextmanager
@@ -75,6 +76,7 @@ def _run_mode(
     layout: ProbeLayout,
     stats: ExampleStats,
     inputs: torch.Tensor,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
     """One pass of the chosen mode over the probe, from fresh ``stats``.
 
@@ -83,8 +85,10 @@ def _run_mode(
     is taken later, by the modes (materialised layers, class sums, Gram blocks), and a mode
     stopped half-way has already added part of a chunk to its sums."""
     if options.mode == "class":
-        return class_mode(stream, layout, stats, options.uncertainty)
-    return pair_mode(stream, layout, stats, inputs, options.distance_bins, options.memory_limit)
+        return class_mode(stream, layout, stats, options.uncertainty, tracker)
+    return pair_mode(
+        stream, layout, stats, inputs, options.distance_bins, options.memory_limit, tracker
+    )
 
 
 def _widen_half_precision(model: nn.Module) -> None:
@@ -191,8 +195,13 @@ def _measure(
         while True:
             stream = ChunkStream(provider, batch, configured=options.batch_size)
             stats = ExampleStats(probe.size, options.min_grad_norm)
+            tracker = (
+                StatisticsTracker(layout, probe.source_indices)
+                if options.statistics and layout.has_splits
+                else None
+            )
             try:
-                part = _run_mode(options, stream, layout, stats, probe.inputs)
+                part = _run_mode(options, stream, layout, stats, probe.inputs, tracker)
             except torch.cuda.OutOfMemoryError as error:
                 spent += stream.seconds
                 if stream.batch_size <= 1:
@@ -210,6 +219,7 @@ def _measure(
             else:
                 break
             release_cached_memory(device)  # after the except block: its frames are gone
+        statistics = tracker.result(stats.usable) if tracker is not None else None
         if options.mode == "class":
             stats.restore_order(order)
             layout = ProbeLayout.from_probe(original)
@@ -235,6 +245,7 @@ def _measure(
         pair_sets=part.pair_sets,
         distance=part.distance,
         uncertainty=part.uncertainty,
+        statistics=statistics,
         train_probe_loss=_mean(stats.losses, train) if layout.has_splits else None,
         train_probe_accuracy=_mean(stats.correct.double(), train) if layout.has_splits else None,
         timings={

@@ -77,6 +77,8 @@ class EngineOptions:
     ``memory_limit`` caps, in bytes, what the engine keeps alive for per-example gradients.
     ``uncertainty`` asks class mode for jackknife standard errors of the within-class values
     (one more pass over the probe); pair mode always gives them, they are free there.
+    ``statistics`` asks for the training split's gradient statistics (disparity, GSNR,
+    opposing share: ``monitor.stiffness.statistics``); without a training split there are none.
     """
 
     mode: Mode = "class"
@@ -89,6 +91,7 @@ class EngineOptions:
     memory_limit: int | None = None
     uncertainty: bool = False
     backend: Backend = "auto"
+    statistics: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):

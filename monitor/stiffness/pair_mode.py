@@ -22,6 +22,7 @@ from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.statistics import StatisticsTracker
 from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
 
 DEFAULT_CACHE_BYTES = 2**30
@@ -46,13 +47,18 @@ def _nbytes(rows: Rows) -> int:
 
 
 def gram_matrix(
-    stream: ChunkStream, size: int, stats: ExampleStats, cache_bytes: int
+    stream: ChunkStream,
+    size: int,
+    stats: ExampleStats,
+    cache_bytes: int,
+    tracker: StatisticsTracker | None = None,
 ) -> torch.Tensor:
     """All g_i·g_j, (N, N) float64 on the host, caching at most ``cache_bytes`` of gradients.
 
     A panel grows chunk by chunk until the next chunk would pass the budget (it always
     holds at least one chunk); what it holds is whatever the backend's rows hold (a (b, P)
-    matrix, or factored rows with their materialised layers).
+    matrix, or factored rows with their materialised layers). A ``tracker`` sees each chunk
+    once, on the first sweep (later panels recompute chunks it has already seen).
     """
     gram = torch.zeros(size, size, dtype=torch.float64)
     start = 0
@@ -61,6 +67,8 @@ def gram_matrix(
         held, stop = 0, start
         for chunk in stream.chunks(start, size):
             g = _clean(chunk, stats)
+            if tracker is not None and start == 0:
+                tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
                 block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
                 gram[s:e, chunk.start : chunk.stop] = block
@@ -74,6 +82,8 @@ def gram_matrix(
                 break
         for chunk in stream.chunks(stop, size):  # recomputed once per panel
             g = _clean(chunk, stats)
+            if tracker is not None and start == 0:
+                tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
                 block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
                 gram[s:e, chunk.start : chunk.stop] = block
@@ -108,11 +118,13 @@ def pair_mode(
     inputs: torch.Tensor,
     bins: int,
     memory_limit: int | None,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
-    """Gram, then cosine and sign class matrices per pair set and the distance profile."""
+    """Gram, then cosine and sign class matrices per pair set and the distance profile; a
+    ``tracker`` gets its sums on the first sweep and its classmate sums from the cosines."""
     n, c = layout.size, layout.num_classes
     cache = memory_limit // 2 if memory_limit is not None else DEFAULT_CACHE_BYTES
-    gram = gram_matrix(stream, n, stats, cache)
+    gram = gram_matrix(stream, n, stats, cache, tracker)
     usable = stats.usable  # (N,)
     pairs = usable.unsqueeze(1) & usable.unsqueeze(0)  # (N, N): both have a direction
     pairs.fill_diagonal_(False)  # self-pairs never count
@@ -123,6 +135,8 @@ def pair_mode(
     del gram
     held, train = layout.held_out & usable, layout.train & usable
     idx = layout.class_index
+    if tracker is not None:  # t_i over usable training classmates, straight from the Gram
+        tracker.classmates(classmate_sums(cosine, idx, train))
     pair_sets: dict[str, PairSetStiffness] = {}
     if layout.has_splits:
         for name, rows, cols in (("train-val", train, held), ("train-train", train, train)):
