@@ -78,7 +78,8 @@ class EngineOptions:
     ``uncertainty`` asks class mode for jackknife standard errors of the within-class values
     (one more pass over the probe); pair mode always gives them, they are free there.
     ``statistics`` asks for the training split's gradient statistics (disparity, GSNR,
-    opposing share: ``monitor.stiffness.statistics``); without a training split there are none.
+    opposing share: ``monitor.stiffness.statistics``; class mode pays one more pass over the
+    probe for the opposing share); without a training split there are none.
     """
 
     mode: Mode = "class"
@@ -91,7 +92,7 @@ class EngineOptions:
     memory_limit: int | None = None
     uncertainty: bool = False
     backend: Backend = "auto"
-    statistics: bool = True
+    statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):

@@ -81,7 +81,7 @@ def test_float64_statistics_match_reference(name: str, mode: Any) -> None:
     model, probe, include, want = case(name)
     model64 = copy.deepcopy(model).double()
     probe64 = noisy_probe(probe.inputs, double=True)
-    options = EngineOptions(mode=mode, batch_size=7, include=include)
+    options = EngineOptions(mode=mode, batch_size=7, include=include, statistics=True)
     result = compute_stiffness(model64, probe64, options)
     assert_statistics(result, want, 1e-10)
     assert want["halves"] == [10, 10] and want["gsnr_parameters"] > 0
@@ -95,7 +95,7 @@ def test_float64_statistics_match_reference(name: str, mode: Any) -> None:
 @pytest.mark.parametrize("mode", ["class", "pair"])
 def test_fp32_statistics_close_to_float64_reference(mode: Any) -> None:
     model, probe, include, want = case("cnn-first-conv")
-    result = compute_stiffness(model, probe, EngineOptions(mode=mode, batch_size=16))
+    result = compute_stiffness(model, probe, EngineOptions(mode=mode, batch_size=16, statistics=True))
     assert result.statistics is not None
     full = reference_stiffness(model, probe).statistics
     assert full is not None
@@ -109,7 +109,9 @@ def test_class_mode_shares_its_second_pass_with_the_jackknife() -> None:
     model, probe, include, want = case("cnn-first-conv")
     model64 = copy.deepcopy(model).double()
     probe64 = noisy_probe(probe.inputs, double=True)
-    options = EngineOptions(mode="class", batch_size=9, include=include, uncertainty=True)
+    options = EngineOptions(
+        mode="class", batch_size=9, include=include, uncertainty=True, statistics=True
+    )
     with_errors = compute_stiffness(model64, probe64, options)
     assert_statistics(with_errors, want, 1e-10)
     plain = compute_stiffness(model64, probe64, EngineOptions(mode="pair", include=include))
@@ -133,7 +135,7 @@ def test_a_class_split_in_two_opposing_halves_is_found() -> None:
         torch.arange(16) < 8, source_indices=tuple(range(16)),
     )  # fmt: skip
     for mode in ("class", "pair"):
-        result = compute_stiffness(model, probe, EngineOptions(mode=mode))
+        result = compute_stiffness(model, probe, EngineOptions(mode=mode, statistics=True))
         assert result.statistics is not None
         suspects = result.statistics.suspect_labels
         assert [(s.index, s.label) for s in suspects] == [(3, 0)]
@@ -147,11 +149,11 @@ def test_absent_without_a_training_split_or_when_switched_off() -> None:
     all_train = ProbeSet(probe.inputs, probe.targets, torch.ones(probe.size, dtype=torch.bool))
     for mode in ("class", "pair"):
         for each in (held_only, all_train):
-            result = compute_stiffness(model, each, EngineOptions(mode=mode))
+            result = compute_stiffness(model, each, EngineOptions(mode=mode, statistics=True))
             assert result.statistics is None
             assert result.to_dict()["statistics"] is None
-        off = compute_stiffness(model, probe, EngineOptions(mode=mode, statistics=False))
-        assert off.statistics is None
+        off = compute_stiffness(model, probe, EngineOptions(mode=mode))  # off by default
+        assert off.statistics is None and off.to_dict()["statistics"] is None
 
 
 def test_halves_follow_source_indices_not_probe_order() -> None:
