@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.report.history import RunHistory
+from monitor.report.suspects import suspects_section
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -122,6 +123,7 @@ def _run_section(history: RunHistory) -> str:
         "<h3>Every evaluation</h3>",
         _table(history),
     ]
+    parts.append(suspects_section(history))  # "" without gradient statistics
     return "\n".join(parts)
 
 
