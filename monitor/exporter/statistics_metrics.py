@@ -21,6 +21,7 @@ class StatisticsMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._runs: set[str] = set()
+
         def gauge(name: str, help_text: str) -> Gauge:
             return Gauge(name, help_text, ["run"], registry=registry)
 

@@ -166,9 +166,7 @@ class StatisticsTracker:
         found = opposing.nonzero().squeeze(1).tolist()
         found.sort(key=lambda i: (float(mean[i]), self.source_indices[i]))
         suspects = tuple(
-            SuspectLabel(
-                self.source_indices[i], self.layout.classes[int(index[i])], float(mean[i])
-            )
+            SuspectLabel(self.source_indices[i], self.layout.classes[int(index[i])], float(mean[i]))
             for i in found[:SUSPECTS]
         )
         return share, count, suspects

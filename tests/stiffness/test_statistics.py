@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from monitor.stiffness import EngineOptions, ProbeSet, StiffnessResult, compute_stiffness
-from monitor.stiffness.statistics import SUSPECTS, training_halves
 from monitor.stiffness.layout import ProbeLayout
+from monitor.stiffness.statistics import SUSPECTS, training_halves
 from tests.reference import reference_stiffness
 from tests.stiffness.test_engine import ARCHITECTURES
 
@@ -63,6 +63,7 @@ def assert_statistics(result: StiffnessResult, want: dict[str, Any], tol: float)
         assert (got[key] is None) == (want[key] is None), key
         if want[key] is not None:
             assert abs(got[key] - want[key]) <= tol * max(1.0, abs(want[key])), key
+
     # Two examples that are each other's only classmate tie up to rounding: order by the
     # rounded cosine, then the index, as the engine breaks exact ties.
     def ranked(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,8 +95,9 @@ def test_float64_statistics_match_reference(name: str, mode: Any) -> None:
 
 @pytest.mark.parametrize("mode", ["class", "pair"])
 def test_fp32_statistics_close_to_float64_reference(mode: Any) -> None:
-    model, probe, include, want = case("cnn-first-conv")
-    result = compute_stiffness(model, probe, EngineOptions(mode=mode, batch_size=16, statistics=True))
+    model, probe, _, _ = case("cnn-first-conv")
+    options = EngineOptions(mode=mode, batch_size=16, statistics=True)
+    result = compute_stiffness(model, probe, options)
     assert result.statistics is not None
     full = reference_stiffness(model, probe).statistics
     assert full is not None
