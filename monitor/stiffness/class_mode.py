@@ -69,7 +69,12 @@ def classmate_dots(
     """
     size = int(slots.shape[0])
     t = torch.zeros(size, dtype=torch.float64)
-    for chunk in stream.chunks(0, size):
+    found = members.nonzero().squeeze(1)
+    if not found.numel():
+        return t
+    # Only the span the members cover: the probe is split-major, so training examples alone
+    # (the opposing share without the jackknife) are its tail.
+    for chunk in stream.chunks(int(found[0]), int(found[-1]) + 1):
         span = slice(chunk.start, chunk.stop)
         norms = stats.norms[span]
         own = slots[span]

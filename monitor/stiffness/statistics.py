@@ -43,7 +43,8 @@ from __future__ import annotations
 import torch
 
 from monitor.stiffness.gradients import GradientChunk, column_blocks
-from monitor.stiffness.layers.rows import FactoredRows
+from monitor.stiffness.layers.rows import FactoredRows, ParamBlock
+from monitor.stiffness.layers.uses import Outer
 from monitor.stiffness.layout import ProbeLayout
 from monitor.stiffness.statistics_result import GradientStatistics, SuspectLabel
 
@@ -63,6 +64,21 @@ def training_halves(layout: ProbeLayout, source_indices: tuple[int, ...]) -> tor
     for rank, i in enumerate(ranked):
         half[i] = 0 if permutation[rank] < first else 1
     return half
+
+
+def _squares(block: ParamBlock, rows: torch.Tensor) -> torch.Tensor:
+    """Σ_i G_i² (elementwise) over ``rows`` for one parameter: (numel,) float64.
+
+    A single use at one position per example (a Linear on vectors), G_i = l_i r_iᵀ, gives
+    Σ_i G_i² = (L∘L)ᵀ(R∘R): one weight-sized product. Anything else forms this layer's
+    per-example gradients for the rows, squares them in their dtype and sums in float64."""
+    use = block.uses[0]
+    if len(block.uses) == 1 and isinstance(use, Outer) and use.steps == 1 and not block.cached:
+        left = use.left[:, 0].index_select(0, rows).square()  # (k, rows)
+        right = use.right[:, 0].index_select(0, rows).square()  # (k, cols)
+        return (left.T @ right).reshape(-1).double()  # (rows, k) @ (k, cols) -> (rows·cols,)
+    part = block.transient_rows().index_select(0, rows)  # (k, numel)
+    return part.square().sum(dim=0, dtype=torch.float64)
 
 
 class StatisticsTracker:
@@ -97,16 +113,14 @@ class StatisticsTracker:
             grads.add_class_sums(self.sums, where, keep, ones)  # Σ_half g, layer by layer
             rows = keep.to(grads.device)
             for block, cols in zip(grads.blocks, grads.columns, strict=True):
-                if block.uses:  # one layer's (k, numel) at a time
-                    part = block.transient_rows().index_select(0, rows).double()
-                    self.squares[cols] += part.square().sum(dim=0)
-                    del part
+                if block.uses:
+                    self.squares[cols] += _squares(block, rows)
             return
         rows, where = keep.to(grads.device), where.to(grads.device)
         for cols in column_blocks(int(keep.numel()), int(grads.shape[1])):
-            part = grads[:, cols].index_select(0, rows).double()  # (k, p)
-            self.sums[:, cols].index_add_(0, where, part)
-            self.squares[cols] += part.square().sum(dim=0)
+            part = grads[:, cols].index_select(0, rows)  # (k, p) in the rows' dtype
+            self.sums[:, cols].index_add_(0, where, part.double())
+            self.squares[cols] += part.square().sum(dim=0, dtype=torch.float64)
             del part
 
     def members(self, usable: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,11 @@ class ParamBlock:
         return self._dense is None and self._ghost_cost() < forming
 
     @property
+    def cached(self) -> bool:
+        """Whether the per-example gradients are already materialised (and kept)."""
+        return self._dense is not None
+
+    @property
     def ghost_pairs(self) -> bool:
         return self._ghost_cost() < self.numel
 
@@ -184,12 +189,19 @@ class FactoredRows:
     def project(self, sums: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """g_i·sums[slots_i] for each row i: (b,) float64 on the host."""
         total = torch.zeros(self.batch, dtype=torch.float64, device=self.device)
+        # A class-ordered chunk touches one or two slots: multiply every row with each of
+        # them, (b, numel) x (count, numel) -> (b, count), and keep each row's own, rather
+        # than gather sums[slots], a (b, numel) float64 copy per block.
+        present, own = torch.unique(slots, return_inverse=True)  # (count,), (b,)
+        rows = torch.arange(self.batch, device=self.device)
+        own = own.to(self.device)
         for block, cols in zip(self.blocks, self.columns, strict=True):
-            if block.uses:  # (b, numel) · (b, numel) summed per row
+            if block.uses:
                 # One block's rows at a time, dropped after use: kept on every block they
                 # would add up to the (b, P) matrix this backend exists to avoid.
-                dense = block.transient_rows().double()
-                total += (dense * sums[slots, cols]).sum(dim=1)
+                dense = block.transient_rows()
+                targets = sums[present.to(sums.device), cols].to(dense.dtype)  # (count, numel)
+                total += gram64(dense, targets)[rows, own]  # (b, count) -> (b,)
                 del dense
         return total.cpu()
 
