@@ -138,3 +138,13 @@ def test_without_statistics_the_report_has_no_section_and_check_warns(tmp_path: 
     assert any("stiffness.statistics" in w and "opposing_share" in w for w in warnings), warnings
     evaluation = Evaluator(load_config(config)).evaluate(str(tmp_path / "run" / "step_10.pt"))
     assert evaluation.to_dict()["statistics"] is None
+
+
+def test_evaluate_prints_them(stored: tuple[Path, list[dict[str, Any]]]) -> None:
+    config, results = stored
+    done = run_cli("evaluate", "-c", config, config.parent / "run" / f"step_{STEPS[-1]}.pt")
+    assert done.returncode == 0, done.stderr
+    stats = results[-1]["statistics"]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("training split:"))
+    assert f"gradient disparity {stats['gradient_disparity']:.4f}" in line
+    assert f"({len(stats['suspect_labels'])} suspect labels)" in line
