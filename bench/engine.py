@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet import Encoder, ResNet18, mlp
 
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
-from monitor.stiffness import engine as engine_module
+from monitor.stiffness import modes as modes_module
 from monitor.stiffness.statistics import StatisticsTracker
 from tests.reference import reference_stiffness
 
@@ -164,11 +164,11 @@ def statistics_works(
         return lambda: compute_stiffness(model, probe, options, device)
 
     def sums_only() -> object:
-        engine_module.StatisticsTracker = SumsOnly  # type: ignore[misc]
+        modes_module.StatisticsTracker = SumsOnly  # type: ignore[misc]
         try:
             return run("class", statistics=True)()
         finally:
-            engine_module.StatisticsTracker = StatisticsTracker  # type: ignore[misc]
+            modes_module.StatisticsTracker = StatisticsTracker  # type: ignore[misc]
 
     return {
         "floor": lambda: floor(model, probe, device, precision, batch),

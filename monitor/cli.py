@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from monitor import __version__
 from monitor.config.schema import StiffnessConfig, load_config
 from monitor.daemon.checks import run_checks
+from monitor.demo.command import add_demo_parser, run_demo_command
 from monitor.errors import (
     CheckpointError,
     ConfigError,
@@ -34,6 +35,7 @@ from monitor.errors import (
 )
 from monitor.evaluation.summary import format_evaluation
 from monitor.extras import ExtraMissingError
+from monitor.report.command import add_report_parser, run_report
 from monitor.report.history import UnknownRunError
 from monitor.store.lock import StoreLockedError
 
@@ -68,11 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", choices=["class", "pair"], help="override stiffness.mode for this run"
     )
     evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
+    _rank_flags(evaluate)
 
     watch = commands.add_parser(
         "watch", help="run the daemon: watch runs, evaluate new checkpoints, export metrics"
     )
     watch.add_argument("-c", "--config", required=True, help="the YAML config file")
+    _rank_flags(watch)
 
     backtest = commands.add_parser(
         "backtest", help="replay rules over stored results: where would they have stopped?"
@@ -99,52 +103,24 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
 
-    report = commands.add_parser("report", help="render figures and an HTML page from the store")
-    report.add_argument("-c", "--config", required=True, help="the YAML config file")
-    report.add_argument("--out", required=True, type=Path, help="folder for index.html and PNGs")
-    report.add_argument("--run", help="only this run")
-    report.add_argument(
-        "--attempt", type=int, help="draw this attempt of each run (default: the latest)"
-    )
-    report.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        metavar="STEP",
-        help="checkpoints for the class heatmaps (nearest evaluated; default: 4 spread out)",
-    )
-    _demo_parser(commands)
+    add_report_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 
-def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from monitor.demo.runner import DemoOptions
-
-    d = DemoOptions()
-    demo = commands.add_parser(
-        "demo",
-        help="train a small net on digits with the daemon watching, stop it, show the report",
-        description="Runs a trainer and the daemon as subprocesses on scikit-learn's digits "
-        "(no download, no config) until the shipped default rules stop training.",
+def _rank_flags(command: argparse.ArgumentParser) -> None:
+    """Flags that matter only under torchrun (docs/distributed.md)."""
+    command.add_argument(
+        "--split",
+        choices=["examples", "parameters"],
+        default="examples",
+        help="under torchrun: split the probe's examples (default) or the parameters across ranks",
     )
-    demo.add_argument(
-        "--workdir", type=Path, default=d.workdir, help="working folder (%(default)s)"
-    )
-    demo.add_argument("--noise", type=float, default=d.noise, help="label noise (%(default)s)")
-    demo.add_argument("--lr", type=float, default=d.lr, help="learning rate (%(default)s)")
-    demo.add_argument("--epochs", type=int, default=d.epochs, help="at most (%(default)s)")
-    demo.add_argument("--seed", type=int, default=d.seed, help="training seed (%(default)s)")
-    demo.add_argument(
-        "--epoch-seconds",
+    command.add_argument(
+        "--timeout",
         type=float,
-        default=d.epoch_seconds,
-        help="pad each epoch to this many seconds, as a slower job would be (%(default)s)",
-    )
-    demo.add_argument(
-        "--quick", action="store_true", help="short epochs and a smaller probe (for CI)"
-    )
-    demo.add_argument(
-        "--keep-running", action="store_true", help="keep the daemon running until Ctrl-C"
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others before it fails (%(default)s)",
     )
 
 
@@ -162,8 +138,21 @@ def _evaluate(args: argparse.Namespace) -> int:
             flags = [f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors() if e["loc"]]
             raise ConfigError(flags or str(exc)) from None
         config = config.model_copy(update={"stiffness": stiffness})
-    evaluator = Evaluator(config, resolve_device(config.stiffness.device))
-    evaluation = evaluator.evaluate(args.checkpoint)
+    from monitor.distributed.launch import Launch
+
+    launch = Launch.from_env()  # torchrun's processes; None (one process) without it
+    if launch is not None and launch.world_size > 1:
+        from monitor.distributed.engine import DistributedEngine
+        from monitor.distributed.launch import ProcessGroup
+
+        with ProcessGroup.join(launch, config.stiffness.device, args.timeout) as group:
+            engine = DistributedEngine(group, args.split)
+            evaluation = Evaluator(config, group.device, engine).evaluate(args.checkpoint)
+        if launch.rank != 0:  # every rank has the result; rank 0 alone prints it
+            return EXIT_OK
+    else:
+        evaluator = Evaluator(config, resolve_device(config.stiffness.device))
+        evaluation = evaluator.evaluate(args.checkpoint)
     if args.json:
         print(json.dumps(evaluation.to_dict(), allow_nan=False))
     else:
@@ -180,12 +169,12 @@ def _watch(args: argparse.Namespace) -> int:
     # loaded: seconds), SIGTERM is a clean stop: nothing has been evaluated or stored yet.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_during_start_up)
-    from monitor.daemon.loop import Daemon
+    from monitor.daemon.ranks import watch
     from monitor.logs import configure_logging
 
     config = load_config(args.config)
     configure_logging(config.logging.format, config.logging.level)
-    return Daemon(config).run()
+    return watch(config, args.split, args.timeout)  # the daemon; under torchrun, on every rank
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -243,32 +232,6 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace) -> int:
-    from monitor.report.writer import write_report
-
-    page = write_report(args.config, args.out, args.run, args.steps, args.attempt)
-    print(f"report: {page}")
-    return EXIT_OK
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from monitor.demo.runner import DemoOptions, run_demo
-
-    if not 0.0 <= args.noise <= 1.0 or args.lr <= 0 or args.epochs < 1:
-        raise ConfigError("--noise must be in [0, 1], --lr above 0 and --epochs at least 1")
-    options = DemoOptions(
-        workdir=args.workdir,
-        noise=args.noise,
-        lr=args.lr,
-        epochs=args.epochs,
-        seed=args.seed,
-        epoch_seconds=0.5 if args.quick else args.epoch_seconds,
-        per_class=10 if args.quick else DemoOptions.per_class,
-        keep_running=args.keep_running,
-    )
-    return run_demo(options)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
@@ -278,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "watch": _watch,
         "backtest": _backtest,
         "reset": _reset,
-        "report": _report,
-        "demo": _demo,
+        "report": run_report,
+        "demo": run_demo_command,
     }
     try:
         return handlers[args.command](args)

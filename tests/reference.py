@@ -61,10 +61,34 @@ def _logits(output: Any) -> torch.Tensor:
     return torch.as_tensor(output[0])
 
 
+def _sequence_loss(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool
+) -> tuple[torch.Tensor | None, float]:
+    """Hugging Face's loss for one sequence (1, T, V) at labels (1, T), -100 ignored, and its
+    token accuracy; None for the loss when no position is labelled (no gradient)."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    if not bool(keep.any()):
+        return None, 0.0
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    hits = (logits.argmax(dim=-1) == labels)[keep].double().mean()
+    return loss, float(hits)
+
+
 def example_gradients(
-    model: nn.Module, probe: ProbeSet, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+    model: nn.Module,
+    probe: ProbeSet,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    loss_name: str = "cross_entropy",
 ) -> tuple[list[torch.Tensor], list[float], list[bool]]:
-    """Per-example flattened float64 gradients, losses and correctness, one backward each."""
+    """Per-example flattened float64 gradients, losses and correctness, one backward each.
+
+    Sequence losses (``causal_lm``, ``token_cross_entropy``): ``F.cross_entropy`` averaged
+    over the labelled tokens of ``probe.token_targets`` (-100 ignored, by its default
+    ``ignore_index``), the model called with ``attention_mask=`` when the probe has one; a
+    sequence with no labelled token gets a zero gradient and a NaN loss."""
     m = copy.deepcopy(model).double().eval()
     params = [
         p
@@ -78,6 +102,23 @@ def example_gradients(
         x = probe.inputs[i : i + 1]
         x = x.double() if x.is_floating_point() else x
         y = probe.targets[i : i + 1]
+        if loss_name != "cross_entropy":
+            assert probe.token_targets is not None
+            mask = None if probe.attention_mask is None else probe.attention_mask[i : i + 1]
+            out = m(x) if mask is None else m(x, attention_mask=mask)
+            shift = loss_name == "causal_lm"
+            loss, hits = _sequence_loss(_logits(out), probe.token_targets[i : i + 1], shift)
+            if loss is None:
+                grads.append(torch.zeros(sum(p.numel() for p in params), dtype=torch.float64))
+                losses.append(math.nan)
+            else:
+                parts = torch.autograd.grad(loss, params, allow_unused=True)
+                pairs = zip(params, parts, strict=True)
+                flat = [torch.zeros_like(p) if g is None else g for p, g in pairs]
+                grads.append(torch.cat([g.reshape(-1) for g in flat]).detach())
+                losses.append(float(loss.detach()))
+            correct.append(hits)  # type: ignore[arg-type]  # a token share
+            continue
         logits = _logits(m(x))
         loss = F.cross_entropy(logits, y)
         parts = torch.autograd.grad(loss, params)
@@ -217,6 +258,13 @@ def reference_statistics(
     }
 
 
+def _scored(values: list[Any], members: list[int], losses: list[float] | None = None) -> float:
+    """Mean of ``values`` over ``members`` that have a loss (a sequence with no labelled
+    token has none: NaN); NaN when none has."""
+    kept = [i for i in members if not math.isnan((losses or values)[i])]
+    return sum(float(values[i]) for i in kept) / len(kept) if kept else math.nan
+
+
 def reference_stiffness(
     model: nn.Module,
     probe: ProbeSet,
@@ -224,8 +272,9 @@ def reference_stiffness(
     exclude: tuple[str, ...] = (),
     min_grad_norm: float = 1e-10,
     bins: int = 20,
+    loss: str = "cross_entropy",
 ) -> Reference:
-    grads, losses, correct = example_gradients(model, probe, include, exclude)
+    grads, losses, correct = example_gradients(model, probe, include, exclude, loss)
     n = probe.size
     norms = [float(g.norm()) for g in grads]
     usable = [math.isfinite(v) and v > min_grad_norm for v in norms]
@@ -263,10 +312,10 @@ def reference_stiffness(
         norms=norms,
         usable=usable,
         parameters=int(grads[0].numel()),
-        probe_loss=sum(losses[i] for i in held) / len(held),
-        probe_accuracy=sum(correct[i] for i in held) / len(held),
-        train_probe_loss=sum(losses[i] for i in train) / len(train) if train else None,
-        train_probe_accuracy=sum(correct[i] for i in train) / len(train) if train else None,
+        probe_loss=_scored(losses, held),
+        probe_accuracy=_scored(correct, held, losses),
+        train_probe_loss=_scored(losses, train) if train else None,
+        train_probe_accuracy=_scored(correct, train, losses) if train else None,
         cosine=cosine,
         sign=sign,
         distance=_distance(probe, held, cos_val, cls, bins),

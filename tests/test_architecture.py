@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "rules": {"store", "config"},
     "watching": {"checkpoints", "config"},
     "evaluation": {"checkpoints", "probe", "stiffness", "config"},
+    "distributed": {"stiffness"},
     "exporter": {"rules", "config"},
     "daemon": {
         "evaluation",
@@ -46,11 +47,12 @@ ALLOWED: dict[str, set[str]] = {
         "probe",
         "checkpoints",
         "config",
+        "distributed",
         "stiffness",
     },
     "report": {"store", "rules", "config"},
     "demo": {"report", "rules", "store", "stopping", "config"},
-    "cli": {"daemon", "demo", "report", "evaluation", "rules", "store", "config"},
+    "cli": {"daemon", "demo", "report", "evaluation", "distributed", "rules", "store", "config"},
     "__main__": {"cli"},
     # first import paths of moved modules, kept as re-exports of their new home only
     "trainer": {"stopping"},

@@ -160,7 +160,7 @@ def test_a_bad_device_flag_is_a_usage_error(example_checkpoints: list[Path]) -> 
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ("report", ["--config", "--out", "--run", "--steps"]),
+        ("report", ["--config", "--out", "--run", "--steps", "--attempt", "--compare"]),
         ("demo", ["--noise", "--lr", "--epochs", "--workdir", "--keep-running", "--seed"]),
     ],
 )

@@ -99,7 +99,7 @@ class StiffnessConfig(Section):
     exclude: list[str] = Field(default_factory=list)
     min_grad_norm: float = Field(1e-10, ge=0)
     distance_bins: int = Field(20, ge=1)
-    loss: Literal["cross_entropy"] = "cross_entropy"
+    loss: Literal["cross_entropy", "causal_lm", "token_cross_entropy"] = "cross_entropy"
     uncertainty: bool = False
     backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
     statistics: bool = False
@@ -127,4 +127,5 @@ class StiffnessConfig(Section):
             uncertainty=self.uncertainty,
             backend=self.backend,
             statistics=self.statistics,
+            loss=self.loss,
         )

@@ -35,7 +35,8 @@ from monitor.rules.spec import (
     rule_metrics,
 )
 from monitor.stiffness.inputs import ProbeSet
-from monitor.stiffness.outputs import OutputSpec
+from monitor.stiffness.outputs import Objective, OutputSpec
+from monitor.store.lock import running_daemon
 
 
 @dataclass
@@ -45,20 +46,38 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_output(model: torch.nn.Module, probe: ProbeSet, spec: OutputSpec) -> str | None:
-    """Run two probe examples through the model: the output must hold (B, classes) logits
-    where ``model.output``/``model.output_fn`` say (the engine's own reading of it)."""
+def _check_output(
+    model: torch.nn.Module, probe: ProbeSet, spec: OutputSpec, loss: str = "cross_entropy"
+) -> str | None:
+    """Run two probe examples through the model: the output must hold (B, classes) logits, or
+    (B, T, V) logits the probe's token labels fit for a sequence ``loss``, where
+    ``model.output``/``model.output_fn`` say (the engine's own reading of it)."""
     model.eval()
+    objective = Objective(loss, probe.attention_mask, spec)
+    if objective.sequence and probe.token_targets is None:
+        return (
+            f"stiffness.loss: {loss} needs per-token labels, but the probe has no "
+            "'token_targets' (N, T)"
+        )
     try:
         with torch.no_grad():
-            output = model(probe.inputs[:2])
+            mask = objective.mask(0, 2, probe.inputs.device)
+            output = objective.call(model, probe.inputs[:2], mask)
     except Exception as exc:  # the operator's model on the operator's probe
         failure = f"{type(exc).__name__}: {cut(str(exc))}"
         return f"model.factory: the model fails on probe inputs: {failure}"
+    named = f" (stiffness.loss: {loss})" if objective.sequence else ""
     try:
-        logits = spec.logits(output)
+        logits = objective.logits(output)
     except EngineError as exc:
-        return f"model.output: {exc}"
+        return f"model.output: {exc}{named}"
+    if objective.sequence:  # token logits at the labels' positions, labels in the vocabulary
+        assert probe.token_targets is not None
+        try:
+            objective.check(output, min(2, probe.size), probe.token_targets)
+        except EngineError as exc:
+            return f"probe: {exc}{named}"
+        return None
     largest = max(probe.classes)
     if largest >= logits.shape[1]:
         return f"probe: target class {largest} but the model has {logits.shape[1]} outputs"
@@ -73,7 +92,15 @@ def _check_port(config: MonitorConfig, report: CheckReport) -> None:
     try:
         try_bind(metrics.host, metrics.port)
     except ConfigError as exc:
-        report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
+        holder = running_daemon(config.store.path)
+        if holder is None:
+            report.problems.extend(f"{config.source}: {line}" for line in exc.problems)
+            return
+        who = f"PID {holder}" if holder else "a daemon"
+        report.warnings.append(
+            f"{config.source}: metrics.port: {metrics.host}:{metrics.port} is in use by this "
+            f"config's running daemon ({who}, holding {config.store.path}); fine while it runs"
+        )
 
 
 def _check_paths(config: MonitorConfig, report: CheckReport) -> None:
@@ -180,13 +207,15 @@ def run_checks(config_path: str | Path) -> CheckReport:
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
     if model is not None and probe is not None:
-        problem = _check_output(model, probe, spec)
+        problem = _check_output(model, probe, spec, config.stiffness.loss)
         if problem:
             report.problems.append(f"{source}: {problem}")
     if model is not None or config.model.factory is None:  # a broken factory: said above
         check_newest_checkpoints(
             config, model,
-            lambda module: None if probe is None else _check_output(module, probe, spec),
+            lambda module: (
+                None if probe is None else _check_output(module, probe, spec, config.stiffness.loss)
+            ),
             report.problems, report.warnings, report.notes,
         )  # fmt: skip
     try:

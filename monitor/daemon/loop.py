@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +33,7 @@ from monitor.daemon.run_rules import RunRules
 from monitor.daemon.store_guard import StoreGuard
 from monitor.daemon.watchers import Watchers
 from monitor.daemon.work_queue import CheckpointQueue, Taken
+from monitor.distributed.launch import RankFailure
 from monitor.errors import CheckpointError, ConfigError, EngineError
 from monitor.evaluation.evaluator import Evaluation, Evaluator
 from monitor.exporter.metrics import MonitorMetrics
@@ -53,8 +55,14 @@ class _Abandon(BaseException):
 class Daemon:
     """Runs until ``request_stop`` (or a signal); ``run`` returns the process exit code."""
 
-    def __init__(self, config: MonitorConfig, metrics: MonitorMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        metrics: MonitorMetrics | None = None,
+        evaluator: Callable[[MonitorConfig], Evaluator] = Evaluator,  # rank 0's: ``ranks``
+    ) -> None:
         self.config = config
+        self._make_evaluator = evaluator
         self.metrics = (
             metrics
             if metrics is not None
@@ -134,7 +142,7 @@ class Daemon:
                     raise ConfigError(f"{config.source}: {error}") from None
                 self.metrics_port = server.port
                 log.info("metrics on %s", server.url)
-            evaluator = Evaluator(config)
+            evaluator = self._make_evaluator(config)
             with Store(config.store.path) as store:
                 failed = self._record.start(store, config.watch.corrupt_after)
                 evaluated = {(e.run, e.fingerprint) for e in store.evaluations()}
@@ -233,6 +241,12 @@ class Daemon:
             evaluation = self._evaluate(evaluator, candidate)
         except _Abandon:
             log.info("abandoned the evaluation of %s to stop", candidate.path)
+            return
+        except RankFailure as error:  # not the checkpoint's fault: evaluated after a restart
+            if not self._stop.is_set():
+                log.error("%s; exiting with 1 so that torchrun restarts every rank", error)
+                self._exit_code = 1
+                self._stop.set()
             return
         except CheckpointError as error:
             self._record.failure(Failure(candidate, error_reason(error), str(error)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,8 +24,24 @@ from monitor.errors import CheckpointError, EngineError
 from monitor.probe.sampling import load_probe
 from monitor.stiffness import compute_stiffness
 from monitor.stiffness.engine import class_ordered
-from monitor.stiffness.inputs import ProbeSet
+from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.outputs import OutputSpec
 from monitor.stiffness.result import StiffnessResult
+
+
+class Engine(Protocol):
+    """What computes a result: ``compute_stiffness``, or a distributed engine called the
+    same way."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        probe: ProbeSet,
+        options: EngineOptions,
+        device: torch.device,
+        *,
+        output: OutputSpec = ...,
+    ) -> StiffnessResult: ...
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -64,6 +80,10 @@ def cap_device_memory(device: torch.device, limit: int | None) -> float | None:
     return fraction
 
 
+def _to(values: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else values.to(device)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A checkpoint's identity together with what the engine measured on it."""
@@ -90,8 +110,14 @@ class Evaluation:
 class Evaluator:
     """Evaluates checkpoints of one model family against one probe set."""
 
-    def __init__(self, config: MonitorConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        device: torch.device | None = None,
+        engine: Engine = compute_stiffness,
+    ) -> None:
         self.config = config
+        self._engine = engine
         self.device = device if device is not None else resolve_device(config.stiffness.device)
         self.options = config.stiffness.engine_options()
         cap_device_memory(self.device, self.options.memory_limit)
@@ -112,6 +138,8 @@ class Evaluator:
             inputs=probe.inputs.to(self.device),
             targets=probe.targets.to(self.device),
             is_train=None if probe.is_train is None else probe.is_train.to(self.device),
+            token_targets=_to(probe.token_targets, self.device),
+            attention_mask=_to(probe.attention_mask, self.device),
             classes=probe.classes,
             source_indices=probe.source_indices,
             source=probe.source,
@@ -134,7 +162,7 @@ class Evaluator:
         loaded = read_checkpoint(path, self.config.checkpoint)
         model = self._model_for(loaded)
         loaded_at = time.perf_counter()
-        result = compute_stiffness(model, self.probe, self.options, self.device, output=self.output)
+        result = self._engine(model, self.probe, self.options, self.device, output=self.output)
         if self._order is not None:  # per-example values in the probe source's order again
             norms: list[float | None] = [None] * len(result.gradient_norms)
             for position, example in enumerate(self._order.tolist()):

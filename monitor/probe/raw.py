@@ -4,8 +4,12 @@ Whatever the source (``monitor.probe.sources``), ``RawProbe.from_arrays`` conver
 the arrays the same way: numeric inputs of shape (N, ...) with finite values, integer class
 indices as targets (a probe with float or one-hot labels would load "successfully" and give
 plausible-looking, meaningless curves), and a split of ``"train"``/``"val"`` strings or a bool
-mask. Every problem is a ``ProbeError`` naming the source and saying what was expected and
-what was found, so that sampling (``monitor.probe.sampling``) can trust what it gets.
+mask. Probes for sequence losses add ``token_targets`` ((N, T) integer token labels, -100
+where there is no loss: Hugging Face's ``labels``) and optionally ``attention_mask`` ((N, T)
+of 0/1), both at the inputs' T positions; a label on a position the mask hides is refused
+(it would train on padding). Every problem is a ``ProbeError`` naming the source and saying
+what was expected and what was found, so that sampling (``monitor.probe.sampling``) can
+trust what it gets.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from monitor.errors import ProbeError
+from monitor.probe.tokens import token_fields
 
 SPLITS = ("train", "val")
 _LISTED = 8  # how many offending classes or values a message spells out
@@ -35,15 +40,27 @@ class RawProbe:
     targets: torch.Tensor
     is_train: torch.Tensor | None
     source: str
+    token_targets: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.targets.shape[0])
 
     @classmethod
-    def from_arrays(cls, inputs: Any, targets: Any, split: Any = None, *, source: str) -> RawProbe:
+    def from_arrays(
+        cls,
+        inputs: Any,
+        targets: Any,
+        split: Any = None,
+        *,
+        source: str,
+        token_targets: Any = None,
+        attention_mask: Any = None,
+    ) -> RawProbe:
         """Convert tensors, arrays or lists and check them; ``split`` is a sequence of
-        ``"train"``/``"val"`` strings or a bool mask (True = train), or None."""
+        ``"train"``/``"val"`` strings or a bool mask (True = train), or None;
+        ``token_targets`` and ``attention_mask`` are (N, T) or None."""
         inputs_t = _as_inputs(inputs, source)
         targets_t = _as_targets(targets, source)
         is_train = None if split is None else _as_is_train(split, source)
@@ -58,7 +75,8 @@ class RawProbe:
         if lengths["inputs"] == 0:
             raise ProbeError(f"{source}: expected at least one example, got none")
         _check_finite(inputs_t, source)
-        return cls(inputs_t, targets_t, is_train, source)
+        tokens, mask = token_fields(inputs_t, token_targets, attention_mask, source)
+        return cls(inputs_t, targets_t, is_train, source, tokens, mask)
 
 
 # --- checks ----------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def sample_per_class(
         inputs=raw.inputs[index],
         targets=raw.targets[index],
         is_train=None if raw.is_train is None else raw.is_train[index],
+        token_targets=None if raw.token_targets is None else raw.token_targets[index],
+        attention_mask=None if raw.attention_mask is None else raw.attention_mask[index],
         classes=tuple(wanted),
         source_indices=tuple(int(i) for i in index.tolist()),
         source=raw.source,

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".pth")
 NUMPY_SUFFIXES = (".npz",)
-_KEYS = ("inputs", "targets", "split", "is_train")
+_KEYS = ("inputs", "targets", "split", "is_train", "token_targets", "attention_mask")
 
 
 def read_probe_source(config: ProbeConfig) -> RawProbe:
@@ -158,7 +158,8 @@ def _from_mapping(data: Mapping[Any, Any], source: str) -> RawProbe:
     if missing:
         raise ProbeError(
             f"{source}: missing {' and '.join(map(repr, missing))}; expected keys 'inputs', "
-            f"'targets' and optionally 'split' or 'is_train', found {found}"
+            f"'targets' and optionally 'split' or 'is_train', found {found} ('token_targets' "
+            "and 'attention_mask' too, for sequence losses)"
         )
     if "split" in data and "is_train" in data:
         raise ProbeError(f"{source}: found both 'split' and 'is_train'; expected one of them")
@@ -166,7 +167,10 @@ def _from_mapping(data: Mapping[Any, Any], source: str) -> RawProbe:
     if ignored:
         logger.warning("%s: ignoring keys %s (probe keys are %s)", source, ignored, list(_KEYS))
     split = data.get("split", data.get("is_train"))
-    return RawProbe.from_arrays(data["inputs"], data["targets"], split, source=source)
+    return RawProbe.from_arrays(
+        data["inputs"], data["targets"], split, source=source,
+        token_targets=data.get("token_targets"), attention_mask=data.get("attention_mask"),
+    )  # fmt: skip
 
 
 def _from_dataset(dataset: Any, source: str) -> RawProbe:

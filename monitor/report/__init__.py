@@ -1,6 +1,7 @@
-"""``stiffness-monitor report``: run histories from the store, matplotlib figures and one HTML
-page, written atomically.
+"""``stiffness-monitor report``: run histories from the store, the summary a person reads
+first, matplotlib figures of what the rules read and one HTML page, written atomically.
 
-May import: ``store``, ``rules`` (the best checkpoint), ``config``, ``monitor.extras``,
+May import: ``store``, ``rules`` (the best checkpoint, the metrics the rules read, splitting
+their reasons), ``config``, ``monitor.extras``,
 ``monitor.errors``.
 """

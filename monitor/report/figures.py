@@ -1,8 +1,8 @@
 """The report's figures: matplotlib on the headless Agg backend, one PNG per question.
 
 Each function draws from plain stored results (``evaluate --json`` objects in step order) and
-returns the file it wrote, or None when the store holds nothing to draw for it (the page then
-says why). matplotlib is the ``demo`` extra: it is imported here, and this module is imported
+returns the file it wrote, or None when there is nothing to draw (the page then leaves the
+figure out). matplotlib is the ``demo`` extra: it is imported here, and this module is imported
 only when a report is rendered.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from math import isfinite, nan
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +24,31 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from monitor.report.files import atomic_write
+from monitor.report.panels import Panel, values
+from monitor.rules.readings import standard_error
+from monitor.rules.spec import METRICS_WITH_ERRORS
 
 Result = dict[str, Any]
 DPI = 110
-WITHIN, BETWEEN = "tab:blue", "tab:orange"
 
 
-def _get(result: Result, *keys: str) -> float | None:
-    """A nested value (``_get(r, "cosine", "within")``), None where any level is missing."""
-    value: Any = result
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return None if value is None else float(value)
+@dataclass(frozen=True)
+class Curve:
+    """One run's or attempt's values of the compared metric, with its stop and best steps."""
+
+    label: str
+    steps: list[int]
+    values: list[float]
+    stop_step: int | None
+    best_step: int | None
 
 
-def _series(results: Sequence[Result], *keys: str) -> list[float]:
-    return [float("nan") if (v := _get(r, *keys)) is None else v for r in results]
-
-
-def _has(results: Sequence[Result], *keys: str) -> bool:
-    return any(_get(r, *keys) is not None for r in results)
+def _errors(results: Sequence[Result], metric: str) -> list[float] | None:
+    """Each evaluation's standard error for ``metric`` (NaN where none), or None if none has one."""
+    if metric not in METRICS_WITH_ERRORS:
+        return None
+    errors = [standard_error(r, metric) for r in results]
+    return None if all(e is None for e in errors) else [nan if e is None else e for e in errors]
 
 
 def _mark_stop(axes: Axes, stop_step: int | None, best_step: int | None = None) -> None:
@@ -62,92 +69,56 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def stiffness_figure(
+def curve_figure(
+    panel: Panel,
     steps: Sequence[int],
     results: Sequence[Result],
-    stop_step: int | None,
     path: Path,
+    stop_step: int | None = None,
     best_step: int | None = None,
 ) -> Path:
-    """Within- and between-class stiffness against step: cosine, sign, train-val."""
-    panels: list[tuple[str, tuple[str, ...]]] = [("cosine stiffness (val-val)", ("cosine",))]
-    if _has(results, "sign", "within"):
-        panels.append(("sign stiffness (val-val)", ("sign",)))
-    if _has(results, "pair_sets", "train-val", "cosine", "within"):
-        panels.append(("cosine stiffness (train-val)", ("pair_sets", "train-val", "cosine")))
-    figure, axes_row = plt.subplots(
-        1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False, layout="constrained"
-    )
-    errors = _series(results, "uncertainty", "within_class")
-    for axes, (title, keys) in zip(axes_row[0], panels, strict=True):
-        within = _series(results, *keys, "within")
-        if keys == ("cosine",) and any(e == e for e in errors):
-            axes.errorbar(
-                steps,
-                within,
-                yerr=errors,
-                color=WITHIN,
-                marker="o",
-                markersize=3,
-                capsize=2,
-                label="within-class (±1 s.e.)",
-            )
+    """One panel's series against training step, with the stop, the best checkpoint and any
+    threshold a rule compares the metric with."""
+    figure, axes = plt.subplots(figsize=(6.2, 3.9), layout="constrained")
+    for series in panel.series:
+        style: dict[str, Any] = {"color": series.colour, "marker": series.marker, "markersize": 3}
+        line = values(results, series.metric)
+        errors = _errors(results, series.metric)
+        if errors is not None:
+            label = f"{series.label} (±1 s.e.)"
+            axes.errorbar(steps, line, yerr=errors, capsize=2, label=label, **style)
         else:
-            axes.plot(steps, within, color=WITHIN, marker="o", markersize=3, label="within-class")
-        between = _series(results, *keys, "between")
-        axes.plot(steps, between, color=BETWEEN, marker="s", markersize=3, label="between-class")
+            axes.plot(steps, line, linestyle=series.linestyle, label=series.label, **style)
+    for bound, label in panel.thresholds:
+        axes.axhline(bound, color="tab:gray", linestyle="-.", linewidth=1.0, label=label)
+    if panel.zero_line:
         axes.axhline(0.0, color="grey", linewidth=0.8)
-        _mark_stop(axes, stop_step, best_step)
-        axes.set(title=title, xlabel="training step", ylabel="mean stiffness")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+    _mark_stop(axes, stop_step, best_step)
+    axes.set(title=panel.title, xlabel="training step", ylabel=panel.ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
     return _save(figure, path)
 
 
-def probe_figure(
-    steps: Sequence[int],
-    results: Sequence[Result],
-    stop_step: int | None,
-    path: Path,
-    best_step: int | None = None,
-) -> Path:
-    """Probe loss and accuracy against step (held-out, and the training split when present)."""
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10.4, 4), layout="constrained")
-    for axes, key, label in (
-        (loss_axes, "loss", "cross-entropy"),
-        (accuracy_axes, "accuracy", "accuracy"),
-    ):
-        axes.plot(
-            steps,
-            _series(results, f"probe_{key}"),
-            marker="o",
-            markersize=3,
-            color="tab:green",
-            label="held-out probe",
-        )
-        if _has(results, f"train_probe_{key}"):
-            axes.plot(
-                steps,
-                _series(results, f"train_probe_{key}"),
-                marker="^",
-                markersize=3,
-                color="tab:purple",
-                linestyle=":",
-                label="training split",
-            )
-        _mark_stop(axes, stop_step, best_step)
-        axes.set(title=f"probe {key}", xlabel="training step", ylabel=label)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-    return _save(figure, path)
+def _contrast(matrices: Sequence[Any]) -> bool:
+    """Whether the matrices hold two different finite values: a matrix that is one number
+    everywhere (1.0, say) has nothing to show as a heatmap."""
+    seen: set[float] = set()
+    for matrix in matrices:
+        for row in matrix:
+            seen.update(float(v) for v in row if v is not None and isfinite(v))
+            if len(seen) > 1:
+                return True
+    return False
 
 
 def heatmaps_figure(
     chosen: Sequence[tuple[int, Result]], path: Path, kind: str = "cosine"
 ) -> Path | None:
-    """Class-stiffness matrices at the chosen checkpoints, one colour scale for all of them."""
+    """Class-stiffness matrices at the chosen checkpoints, one colour scale for all of them;
+    None when there are none, or they are one value everywhere."""
     matrices = [(step, r[kind]["matrix"], r["classes"]) for step, r in chosen if r.get(kind)]
-    if not matrices:
+    if not _contrast([matrix for _, matrix, _ in matrices]):
         return None
     figure, axes_row = plt.subplots(
         1,
@@ -169,59 +140,54 @@ def heatmaps_figure(
     return _save(figure, path)
 
 
-def distance_figure(
-    chosen: Sequence[tuple[int, Result]],
-    steps: Sequence[int],
-    results: Sequence[Result],
-    path: Path,
-) -> Path | None:
-    """Stiffness against input distance at the chosen checkpoints, and the critical length."""
+def distance_figure(chosen: Sequence[tuple[int, Result]], path: Path) -> Path | None:
+    """Stiffness against input distance at the chosen checkpoints, with each critical length
+    (the critical length over training is a curve panel of its own); None without data."""
     curves = [(step, r["distance"]) for step, r in chosen if r.get("distance")]
     if not curves:
         return None
-    figure, (curve_axes, length_axes) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    figure, axes = plt.subplots(figsize=(7.4, 4.2), layout="constrained")
     colours = plt.get_cmap("viridis")
     for index, (step, distance) in enumerate(curves):
         edges = distance["edges"]
         centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
         colour = colours(index / max(1, len(curves) - 1))
-        within = [float("nan") if v is None else v for v in distance["within"]]
-        between = [float("nan") if v is None else v for v in distance["between"]]
-        curve_axes.plot(
+        within = [nan if v is None else v for v in distance["within"]]
+        between = [nan if v is None else v for v in distance["between"]]
+        axes.plot(
             centres, within, color=colour, marker="o", markersize=3, label=f"step {step}: within"
         )
-        curve_axes.plot(
-            centres, between, color=colour, linestyle=":", label=f"step {step}: between"
-        )
+        axes.plot(centres, between, color=colour, linestyle=":", label=f"step {step}: between")
         if distance.get("critical_length") is not None:
-            curve_axes.axvline(distance["critical_length"], color=colour, linestyle="--")
-    curve_axes.axhline(0.0, color="grey", linewidth=0.8)
-    curve_axes.set(
+            axes.axvline(distance["critical_length"], color=colour, linestyle="--")
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    axes.set(
         title="cosine stiffness against input distance",
         xlabel="input distance 1 − cos(x1, x2)",
         ylabel="mean stiffness in bin",
     )
-    curve_axes.legend(fontsize="x-small", ncol=2)
-    curve_axes.grid(alpha=0.3)
-    lengths = _series(results, "distance", "critical_length")
-    length_axes.plot(steps, lengths, marker="o", markersize=3, color="tab:red")
-    if all(v != v for v in lengths):  # NaN everywhere: nothing to plot, say so in the panel
-        farthest = max(r["distance"]["edges"][-1] for r in results if r.get("distance"))
-        length_axes.text(
-            0.5,
-            0.5,
-            "within-class stiffness stayed above zero\nat every "
-            f"measured distance (up to {farthest:.2f})\nat every checkpoint",
-            ha="center",
-            va="center",
-            transform=length_axes.transAxes,
-        )
-        length_axes.set_xlim(min(steps), max(steps) + 1)
-        length_axes.set_yticks([])
-    length_axes.set(
-        title="critical length (within-class stiffness crosses 0)",
-        xlabel="training step",
-        ylabel="input distance 1 − cos(x1, x2)",
-    )
-    length_axes.grid(alpha=0.3)
+    axes.legend(fontsize="x-small", ncol=2)
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def comparison_figure(title: str, ylabel: str, curves: Sequence[Curve], path: Path) -> Path:
+    """Several runs' or attempts' curves of one metric on shared axes, each with its stop (×)
+    and its best checkpoint (★) in its own colour."""
+    figure, axes = plt.subplots(figsize=(9.6, 4.8), layout="constrained")
+    colours = plt.get_cmap("tab10")
+    for index, curve in enumerate(curves):
+        colour = colours(index % 10)
+        axes.plot(curve.steps, curve.values, color=colour, marker="o", markersize=2.5,
+                  label=curve.label)  # fmt: skip
+        for step, marker, size in ((curve.best_step, "*", 14), (curve.stop_step, "X", 9)):
+            if step is not None and step in curve.steps:
+                value = curve.values[curve.steps.index(step)]
+                axes.plot([step], [value], linestyle="none", marker=marker, markersize=size,
+                          color=colour, markeredgecolor="black", markeredgewidth=0.6)  # fmt: skip
+    axes.plot([], [], "X", color="grey", markeredgecolor="black", label="stop")
+    axes.plot([], [], "*", color="grey", markeredgecolor="black", markersize=10, label="best")
+    axes.set(title=title, xlabel="training step", ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
     return _save(figure, path)

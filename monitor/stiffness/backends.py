@@ -42,7 +42,7 @@ from monitor.stiffness.func_backend import FuncGradients, VmapError
 from monitor.stiffness.gradients import GradientChunk, GradientProvider
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.loop_backend import LoopGradients
-from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
+from monitor.stiffness.outputs import Objective
 from monitor.stiffness.parameters import ParameterSelection
 from monitor.stiffness.setup_cache import SETUP_CACHE, Structure, Verdict
 
@@ -111,16 +111,16 @@ def dense_provider(
     precision: str = "fp32",
     backend: str = "auto",
     checked: bool = False,
-    output: OutputSpec = DEFAULT_OUTPUT,
+    objective: Objective | None = None,
 ) -> GradientProvider:
     """vmap with the loop behind it (rules 1-3), or the loop alone; output checked unless
     ``checked`` says a cached setup verdict already covers it."""
-    loop = LoopGradients(model, selection, inputs, targets, device, precision, output)
+    loop = LoopGradients(model, selection, inputs, targets, device, precision, objective)
     if isinstance(model, torch.jit.ScriptModule) or backend == "loop":
         if not checked:
             _checked(model, loop)
         return loop
-    primary = FuncGradients(model, selection, inputs, targets, device, precision, output)
+    primary = FuncGradients(model, selection, inputs, targets, device, precision, objective)
     if not checked:
         _checked(model, primary)
     return FallbackGradients(primary, loop)
@@ -133,7 +133,7 @@ def _hooks(
     targets: torch.Tensor,
     device: torch.device,
     precision: str,
-    output: OutputSpec = DEFAULT_OUTPUT,
+    objective: Objective,
 ) -> HookGradients | None:
     """The hook provider when rules cover at least one selected parameter (rule 0).
 
@@ -143,10 +143,10 @@ def _hooks(
     at every call: it depends on the weights (a use of a weight that the hooks cannot see,
     behind a gate that is zero at one checkpoint, contributes at the next), and it costs one
     small forward and two backward passes."""
-    hooks = HookGradients(model, selection, inputs, targets, device, precision, output)
+    hooks = HookGradients(model, selection, inputs, targets, device, precision, objective)
     if not hooks.covered:
         return None
-    structure = Structure(model, selection, inputs, targets, device, precision, output)
+    structure = Structure(model, selection, inputs, targets, device, precision, objective)
     verdict = SETUP_CACHE.get(model, structure)
     if verdict is not None:
         hooks.apply(verdict.moved)
@@ -155,7 +155,7 @@ def _hooks(
     else:
         # The loop's checks: logits the targets fit, a deterministic forward that writes to
         # none of the model's tensors (the hooks would otherwise measure it silently).
-        loop = LoopGradients(model, selection, inputs, targets, device, precision, output)
+        loop = LoopGradients(model, selection, inputs, targets, device, precision, objective)
         loop.check_outputs()
     moved = hooks.check() if hooks.covered else []
     if moved:
@@ -165,7 +165,7 @@ def _hooks(
     if hooks.fallback_names:
         hooks.fallback = dense_provider(
             model, hooks.fallback_selection, inputs, targets, device, precision,
-            checked=verdict is not None and not moved, output=output,
+            checked=verdict is not None and not moved, objective=objective,
         )  # fmt: skip
     copied = tuple(name for name, m in model.named_modules() if m in hooks.copied)
     if verdict is None or moved or copied != verdict.copied:  # once every check has passed
@@ -183,18 +183,21 @@ def gradient_provider(
     device: torch.device,
     precision: str = "fp32",
     backend: str = "auto",
-    output: OutputSpec = DEFAULT_OUTPUT,
+    objective: Objective | None = None,
 ) -> GradientProvider:
     """The provider for ``model`` by the rule above, its output already checked.
+    ``objective`` is the loss, the attention mask and where the output keeps its logits
+    (cross-entropy, no mask, the default reading, when None).
 
-    ``output`` says where the model's output keeps its logits (``outputs.OutputSpec``).
     Raises ``EngineError`` when one small forward does not give logits the targets fit, or
     when ``backend="hooks"`` is asked of a model no layer rule covers.
     """
     scripted = isinstance(model, torch.jit.ScriptModule)
     if backend in ("auto", "hooks") and not scripted:
         try:
-            hooks = _hooks(model, selection, inputs, targets, device, precision, output)
+            hooks = _hooks(
+                model, selection, inputs, targets, device, precision, objective or Objective()
+            )
         except torch.cuda.OutOfMemoryError:
             raise
         except (EngineError, RuntimeError):
@@ -209,5 +212,5 @@ def gradient_provider(
             "of this model (or it is TorchScript); use backend 'auto'"
         )
     return dense_provider(
-        model, selection, inputs, targets, device, precision, backend, output=output
+        model, selection, inputs, targets, device, precision, backend, objective=objective
     )

@@ -17,6 +17,8 @@ function of class sums.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from monitor.errors import EngineError
@@ -55,25 +57,43 @@ def stiffness_from_products(
 
 def classmate_dots(
     stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    sums: torch.Tensor,
+    examples: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """t_i = u_i·S_a - |u_i|² for every held-out usable example: a second pass over the probe.
+
+    The jackknife (``uncertainty``) needs each example's summed cosine with its classmates,
+    which the class sums alone cannot give; recomputing the gradients costs one more pass.
+    ``examples`` limits the pass to examples [start, stop) (zero elsewhere): a distributed run
+    gives each rank its own and sums the results.
+    """
+    members = stats.usable & layout.held_out  # (N,)
+    return slot_dots(stream, stats, sums, layout.class_index, members, examples)
+
+
+def slot_dots(
+    stream: ChunkStream,
     stats: ExampleStats,
     sums: torch.Tensor,
     slots: torch.Tensor,
     members: torch.Tensor,
+    examples: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """t_i = u_i·S_slot(i) - |u_i|² for every example in ``members`` (N,): a second pass.
+    """t_i = u_i·S_slot(i) - |u_i|² for every example in ``members`` (N,), zero elsewhere.
 
-    The jackknife (``uncertainty``, held-out examples) and the opposing share
-    (``statistics``, training examples) need each example's summed cosine with its
-    classmates, which the class sums alone cannot give; recomputing the gradients costs one
-    more pass, shared by both. ``slots`` (N,) are the examples' rows in ``sums``.
+    ``slots`` (N,) are the examples' rows in ``sums``: the held-out classes for the jackknife,
+    the training classes too for the opposing share (``statistics``), which shares the pass.
+    Only the span the members cover is streamed (within ``examples``): the probe is
+    split-major, so training examples alone are its tail.
     """
     size = int(slots.shape[0])
     t = torch.zeros(size, dtype=torch.float64)
-    found = members.nonzero().squeeze(1)
+    start, stop = examples or (0, size)
+    found = members[start:stop].nonzero().squeeze(1) + start
     if not found.numel():
         return t
-    # Only the span the members cover: the probe is split-major, so training examples alone
-    # (the opposing share without the jackknife) are its tail.
     for chunk in stream.chunks(int(found[0]), int(found[-1]) + 1):
         span = slice(chunk.start, chunk.stop)
         norms = stats.norms[span]
@@ -112,27 +132,38 @@ def _zeros_like_rows(grads: Rows, rows: int) -> torch.Tensor:
         ) from error
 
 
-def class_mode(
+@dataclass(frozen=True, eq=False)
+class ClassSums:
+    """What one pass over (part of) the probe adds up: everything class mode needs from it.
+
+    ``sums`` (sets·C, P) float64: S_a per slot (held-out classes, then training classes);
+    ``self_terms`` (sets·C,) float64: Σ |u_i|² per slot; ``counts`` (sets·C,) int64: usable
+    examples per slot. Each is a sum over examples (and ``sums``' products and ``self_terms``
+    a sum over parameters too), so parts computed apart add up to the whole.
+    """
+
+    sums: torch.Tensor
+    self_terms: torch.Tensor
+    counts: torch.Tensor
+
+
+def class_sums(
     stream: ChunkStream,
     layout: ProbeLayout,
     stats: ExampleStats,
-    uncertainty: bool = False,
+    examples: tuple[int, int] | None = None,
     tracker: StatisticsTracker | None = None,
-) -> ModeResult:
-    """Stream the probe once, accumulating class sums of unit gradients per split.
-
-    With ``uncertainty`` a second pass gives the jackknife standard errors of the
-    within-class values (``monitor.stiffness.uncertainty``). A ``tracker`` sees every chunk
-    first (``statistics``) and, from the same second pass, the training examples' classmate
-    sums.
-    """
+) -> ClassSums | None:
+    """Stream examples [start, stop) (``examples``; the whole probe by default) once, adding each
+    usable example's unit gradient to its slot's sum. None when that is empty. A ``tracker``
+    sees every chunk before it is scaled (``statistics``)."""
     c = layout.num_classes
     sets = 2 if layout.has_splits else 1
     slot = layout.split * c + layout.class_index  # (N,) row of each example in the sums
     sums: torch.Tensor | None = None  # (sets·C, P), allocated with the first chunk
     self_terms = torch.zeros(sets * c, dtype=torch.float64)  # Σ |u_i|² per slot
     counts = torch.zeros(sets * c, dtype=torch.int64)  # usable examples per slot
-    for chunk in stream.chunks(0, layout.size):
+    for chunk in stream.chunks(*(examples or (0, layout.size))):
         norms, usable = stats.record(chunk)
         if tracker is not None:
             tracker.observe(chunk, usable)
@@ -165,22 +196,29 @@ def class_mode(
             counts.index_add_(0, where, torch.ones_like(where))
             del units
         del chunk
-    if sums is None:  # an empty probe never gets here: the engine rejects it
-        raise ValueError("class mode needs at least one example")
-    products = dot64(sums, sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
-    errors: dict[str, float | None] = {}
-    held = stats.usable & layout.held_out
-    if uncertainty or tracker is not None:
-        members = held if uncertainty else torch.zeros_like(held)  # (N,) bool
-        if tracker is not None:
-            members = members | tracker.members(stats.usable)
-        t = classmate_dots(stream, stats, sums, slot, members)
-        if tracker is not None:
-            tracker.classmates(t)
-    if uncertainty:
-        spread = jackknife_within(t, layout.class_index, held, c)
-        errors = {"within_class": spread["within"], "within_class_pooled": spread["within_pooled"]}
-    del sums
+    return None if sums is None else ClassSums(sums, self_terms, counts)
+
+
+def within_errors(
+    t: torch.Tensor, layout: ProbeLayout, stats: ExampleStats
+) -> dict[str, float | None]:
+    """The jackknife standard errors of the within-class values from ``classmate_dots``."""
+    members = stats.usable & layout.held_out
+    spread = jackknife_within(t, layout.class_index, members, layout.num_classes)
+    return {"within_class": spread["within"], "within_class_pooled": spread["within_pooled"]}
+
+
+def class_mode_result(
+    layout: ProbeLayout,
+    products: torch.Tensor,
+    self_terms: torch.Tensor,
+    counts: torch.Tensor,
+    errors: dict[str, float | None] | None = None,
+) -> ModeResult:
+    """The class matrices of every pair set from the class-sum products (sets·C, sets·C),
+    ``self_terms`` and ``counts`` (sets·C,): the end of class mode, wherever the sums
+    were formed."""
+    c = layout.num_classes
     val, train = slice(0, c), slice(c, 2 * c)
     cosine = stiffness_from_products(products[val, val], self_terms[val], counts[val], counts[val])
     pair_sets: dict[str, PairSetStiffness] = {}
@@ -193,4 +231,40 @@ def class_mode(
                 products[train, train], self_terms[train], counts[train], counts[train]
             )
         )
-    return ModeResult(cosine=cosine, pair_sets=pair_sets, uncertainty=errors)
+    return ModeResult(cosine=cosine, pair_sets=pair_sets, uncertainty=errors or {})
+
+
+def class_mode(
+    stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    uncertainty: bool = False,
+    tracker: StatisticsTracker | None = None,
+) -> ModeResult:
+    """Stream the probe once, accumulating class sums of unit gradients per split.
+
+    With ``uncertainty`` a second pass gives the jackknife standard errors of the
+    within-class values (``monitor.stiffness.uncertainty``). A ``tracker`` sees every chunk
+    of the first pass and gets the training examples' classmate sums from a second pass,
+    the jackknife's when both are asked for.
+    """
+    found = class_sums(stream, layout, stats, tracker=tracker)
+    if found is None:  # an empty probe never gets here: the engine rejects it
+        raise ValueError("class mode needs at least one example")
+    products = dot64(found.sums, found.sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
+    errors: dict[str, float | None] = {}
+    c = layout.num_classes
+    if tracker is not None:
+        members = tracker.members(stats.usable)  # (N,) the training split's usable examples
+        if uncertainty:
+            members = members | (stats.usable & layout.held_out)
+        slots = layout.split * c + layout.class_index  # (N,) rows in the sums
+        t = slot_dots(stream, stats, found.sums, slots, members)
+        tracker.classmates(t)
+        if uncertainty:
+            errors = within_errors(t, layout, stats)
+    elif uncertainty:
+        errors = within_errors(classmate_dots(stream, layout, stats, found.sums[:c]), layout, stats)
+    self_terms, counts = found.self_terms, found.counts
+    del found  # the sums: (sets·C, P) float64
+    return class_mode_result(layout, products, self_terms, counts, errors)

@@ -11,6 +11,7 @@ a mode restarts that mode's pass with half the chunk (``_measure``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -20,7 +21,6 @@ from torch import nn
 
 from monitor.errors import EngineError
 from monitor.stiffness.backends import gradient_provider
-from monitor.stiffness.class_mode import class_mode
 from monitor.stiffness.gradients import (
     ChunkStream,
     ExampleStats,
@@ -28,13 +28,13 @@ from monitor.stiffness.gradients import (
     release_cached_memory,
 )
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
-from monitor.stiffness.layout import ModeResult, ProbeLayout
-from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, OutputSpec
-from monitor.stiffness.pair_mode import pair_mode
+from monitor.stiffness.layout import ProbeLayout
+from monitor.stiffness.loss import labelled_examples
+from monitor.stiffness.modes import ModeRunner, run_mode
+from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, Objective, OutputSpec
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.result import Counts, StiffnessResult
-from monitor.stiffness.statistics import StatisticsTracker
 
 
 @contextlib.contextmanager
@@ -62,33 +62,17 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
     order = torch.sort(key, stable=True).indices
     if torch.equal(order, torch.arange(probe.size)):
         return probe, order  # already sorted (the Evaluator keeps it so): no copy
-    is_train = probe.is_train[order] if probe.is_train is not None else None
-    sorted_probe = ProbeSet(
-        probe.inputs[order], probe.targets[order], is_train, probe.classes,
-        tuple(probe.source_indices[i] for i in order.tolist()), probe.source,
+
+    def pick(values: torch.Tensor | None) -> torch.Tensor | None:
+        return None if values is None else values[order.to(values.device)]
+
+    sorted_probe = dataclasses.replace(
+        probe, inputs=probe.inputs[order], targets=probe.targets[order],
+        is_train=pick(probe.is_train), token_targets=pick(probe.token_targets),
+        attention_mask=pick(probe.attention_mask),
+        source_indices=tuple(probe.source_indices[i] for i in order.tolist()),
     )  # fmt: skip
     return sorted_probe, order
-
-
-def _run_mode(
-    options: EngineOptions,
-    stream: ChunkStream,
-    layout: ProbeLayout,
-    stats: ExampleStats,
-    inputs: torch.Tensor,
-    tracker: StatisticsTracker | None = None,
-) -> ModeResult:
-    """One pass of the chosen mode over the probe, from fresh ``stats``.
-
-    All of it is retried with a halved chunk after a CUDA out-of-memory error anywhere
-    inside, not only in the provider: the hook backend's rows are factored, so most memory
-    is taken later, by the modes (materialised layers, class sums, Gram blocks), and a mode
-    stopped half-way has already added part of a chunk to its sums."""
-    if options.mode == "class":
-        return class_mode(stream, layout, stats, options.uncertainty, tracker)
-    return pair_mode(
-        stream, layout, stats, inputs, options.distance_bins, options.memory_limit, tracker
-    )
 
 
 def _widen_half_precision(model: nn.Module) -> None:
@@ -134,8 +118,9 @@ def compute_stiffness(
     probe: ProbeSet,
     options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen, so a shared default is safe)
     device: torch.device | str = "cpu",
-    loss: str = "cross_entropy",
+    loss: str | None = None,
     output: OutputSpec = DEFAULT_OUTPUT,
+    runner: ModeRunner | None = None,
 ) -> StiffnessResult:
     """Gradient stiffness of ``model`` on ``probe`` (Fort et al. 2019, DESIGN §2-3).
 
@@ -144,20 +129,32 @@ def compute_stiffness(
     in eval mode; every module's training flag is restored afterwards. Floating-point
     inputs are cast to the parameters' dtype: float64 models are computed in float64,
     everything else in float32 (``bf16`` runs the forward under autocast, gradients in
-    float32). Per-example losses are the cross-entropy data loss, no regulariser. ``output``
-    says where the model's output keeps its logits (a tensor, a dict's or ``ModelOutput``'s
+    float32). Per-example losses are the data loss, no regulariser: ``loss`` (by default
+    ``options.loss``) is ``cross_entropy`` on (B, C) logits at the class ``targets``, or
+    ``causal_lm``/``token_cross_entropy``, the mean token cross-entropy over each sequence's
+    labelled positions of ``probe.token_targets`` (``loss.sequence_cross_entropy``); the
+    class ``targets`` then only group examples. A sequence with no labelled position has no
+    gradient: it is counted in ``counts.zero_gradient`` and left out of the probe loss and
+    accuracy (the token accuracy, for sequences). ``output`` says where the model's output
+    keeps its logits, class or token logits alike (a tensor, a dict's or ``ModelOutput``'s
     ``logits``, a tuple's first element by default; see ``outputs.OutputSpec``).
+
+    ``runner`` replaces the one-process pass of the mode (``run_mode``); everything around
+    it (the provider, the chunking and out-of-memory retries, the result) stays the same.
 
     Raises ``ValueError`` for an unsupported loss and ``EngineError`` when the model does
     not fit the probe (output shape, targets, no selected parameter, out of memory).
     """
+    loss = options.loss if loss is None else loss
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if probe.size == 0:
         raise EngineError("the probe set is empty")
+    objective = Objective(loss, probe.attention_mask, output)
+    _check_sequences(probe, objective)
     device = torch.device(device)
     try:
-        return _measure(model, probe, options, device, output)
+        return _measure(model, probe, options, device, objective, runner or run_mode)
     except torch.cuda.OutOfMemoryError as error:  # moving the model or probe, the setup check
         raise EngineError(
             f"out of memory preparing the evaluation ({memory_note(device)}): the model, the "
@@ -166,12 +163,30 @@ def compute_stiffness(
         ) from error
 
 
+def _check_sequences(probe: ProbeSet, objective: Objective) -> None:
+    """A sequence loss needs token labels; token labels and the mask must line up."""
+    if not objective.sequence:
+        return
+    if probe.token_targets is None:
+        raise EngineError(
+            f"stiffness.loss {objective.loss} needs per-token labels: the probe has no "
+            "'token_targets' (N, T)"
+        )
+    mask = probe.attention_mask
+    if mask is not None and mask.shape != probe.token_targets.shape:
+        raise EngineError(
+            f"the probe's attention_mask {tuple(mask.shape)} and token_targets "
+            f"{tuple(probe.token_targets.shape)} differ in shape"
+        )
+
+
 def _measure(
     model: nn.Module,
     probe: ProbeSet,
     options: EngineOptions,
     device: torch.device,
-    output: OutputSpec = DEFAULT_OUTPUT,
+    objective: Objective,
+    runner: ModeRunner,
 ) -> StiffnessResult:
     """``compute_stiffness`` once its arguments are checked."""
     started = time.perf_counter()
@@ -186,22 +201,20 @@ def _measure(
         inputs = probe.inputs
         if inputs.is_floating_point():
             inputs = inputs.to(selection.dtype)
+        objective = dataclasses.replace(objective, attention_mask=probe.attention_mask)  # reordered
+        targets = probe.token_targets if objective.sequence else probe.targets
+        assert targets is not None  # _check_sequences
         provider = gradient_provider(
-            model, selection, inputs, probe.targets, device, options.precision, options.backend,
-            output,
+            model, selection, inputs, targets, device, options.precision, options.backend,
+            objective,
         )  # fmt: skip
         batch = chunk_size(provider, options)
         spent = 0.0  # gradient seconds of attempts given up on out-of-memory
         while True:
             stream = ChunkStream(provider, batch, configured=options.batch_size)
             stats = ExampleStats(probe.size, options.min_grad_norm)
-            tracker = (
-                StatisticsTracker(layout, probe.source_indices)
-                if options.statistics and layout.has_splits
-                else None
-            )
             try:
-                part = _run_mode(options, stream, layout, stats, probe.inputs, tracker)
+                part = runner(options, stream, layout, stats, probe.inputs)
             except torch.cuda.OutOfMemoryError as error:
                 spent += stream.seconds
                 if stream.batch_size <= 1:
@@ -219,17 +232,21 @@ def _measure(
             else:
                 break
             release_cached_memory(device)  # after the except block: its frames are gone
-        statistics = tracker.result(stats.usable) if tracker is not None else None
         if options.mode == "class":
             stats.restore_order(order)
             layout = ProbeLayout.from_probe(original)
     total = time.perf_counter() - started
     usable, held, train = stats.usable, layout.held_out, layout.train
+    scored_held, scored_train = held, train  # what probe loss and accuracy average over
+    if objective.sequence:  # a sequence with nothing labelled has no loss to average
+        assert original.token_targets is not None
+        labelled = labelled_examples(original.token_targets, objective.loss == "causal_lm")
+        scored_held, scored_train = held & labelled.cpu(), train & labelled.cpu()
     return StiffnessResult(
         mode=options.mode,
         classes=layout.classes,
-        probe_loss=_mean(stats.losses, held),
-        probe_accuracy=_mean(stats.correct.double(), held),
+        probe_loss=_mean(stats.losses, scored_held),
+        probe_accuracy=_mean(stats.correct, scored_held),
         cosine=part.cosine,
         sign=part.sign,
         counts=Counts(
@@ -245,9 +262,9 @@ def _measure(
         pair_sets=part.pair_sets,
         distance=part.distance,
         uncertainty=part.uncertainty,
-        statistics=statistics,
-        train_probe_loss=_mean(stats.losses, train) if layout.has_splits else None,
-        train_probe_accuracy=_mean(stats.correct.double(), train) if layout.has_splits else None,
+        statistics=part.statistics,
+        train_probe_loss=_mean(stats.losses, scored_train) if layout.has_splits else None,
+        train_probe_accuracy=_mean(stats.correct, scored_train) if layout.has_splits else None,
         timings={
             "total": total,
             "gradients": spent + stream.seconds,

@@ -24,8 +24,6 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
-from monitor.stiffness.loss import cross_entropy
-from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.provider_base import ProviderBase
 
 
@@ -49,19 +47,28 @@ def _cast_to_parameters(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
 
 
 class FuncGradients(ProviderBase):
-    """Per-example gradients of the per-example cross-entropy via ``vmap(grad_and_value)``."""
+    """Per-example gradients of the per-example loss (``objective``), ``vmap(grad_and_value)``."""
 
     def _prepare(self) -> None:
-        self._batched = vmap(grad_and_value(self._example_loss, has_aux=True), in_dims=(None, 0, 0))
+        mask = None if self.objective.attention_mask is None else 0
+        self._batched = vmap(
+            grad_and_value(self._example_loss, has_aux=True), in_dims=(None, 0, 0, mask)
+        )
 
     def _example_loss(
-        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        self,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss of one example (vmap strips the batch dimension; put back a batch of one)."""
-        output = functional_call(self.model, (params, self.selection.constants), (x.unsqueeze(0),))
-        logits = extract_logits(output, self.output).to(self.selection.dtype)  # (1, C)
-        loss = cross_entropy(logits, y.unsqueeze(0))[0]
-        return loss, logits.argmax(dim=1)[0] == y
+        kwargs = self.objective.kwargs(None if mask is None else mask.unsqueeze(0))
+        output = functional_call(
+            self.model, (params, self.selection.constants), (x.unsqueeze(0),), kwargs
+        )
+        losses, correct = self.objective.losses(output, y.unsqueeze(0), self.selection.dtype)
+        return losses[0], correct[0]
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -82,19 +89,21 @@ class FuncGradients(ProviderBase):
 
         Done once up front so a wrong model fails with a message, not deep inside vmap.
         """
-        x = self.inputs[:2].to(self.device)
+        x, mask = self.inputs[:2].to(self.device), self.objective.mask(0, 2, self.device)
         with torch.no_grad(), self._autocast():
             output = functional_call(
-                self.model, (self.selection.params, self.selection.constants), (x,)
+                self.model,
+                (self.selection.params, self.selection.constants),
+                (x,),
+                self.objective.kwargs(mask),
             )
-        return check_logits(output, x.shape[0], self.targets, self.output)
+        return self.objective.check(output, x.shape[0], self.targets)
 
     def __call__(self, start: int, stop: int) -> GradientChunk:
-        x = self.inputs[start:stop].to(self.device)
-        y = self.targets[start:stop].to(self.device)
+        x, y, mask = self._batch(start, stop)
         try:
             with self._autocast():
-                grads, (losses, correct) = self._batched(self.selection.params, x, y)
+                grads, (losses, correct) = self._batched(self.selection.params, x, y, mask)
         except torch.cuda.OutOfMemoryError:
             raise  # the chunk stream retries with a smaller chunk
         except RuntimeError as error:

@@ -38,7 +38,8 @@ class GradientChunk:
 
     ``grads`` (b, P) lives on the compute device in float32 (float64 for float64 models),
     or is ``FactoredRows`` (the hook backend) that answer the same questions without the
-    matrix; ``losses`` (b,) float64 and ``correct`` (b,) bool live on the host.
+    matrix; ``losses`` (b,) float64 and ``correct`` (b,) live on the host: bool for one
+    class per example, float (the share of labelled tokens predicted right) for sequences.
     """
 
     start: int
@@ -192,7 +193,7 @@ class ExampleStats:
         self.min_grad_norm = min_grad_norm
         self.norms = torch.full((size,), math.nan, dtype=torch.float64)
         self.losses = torch.full((size,), math.nan, dtype=torch.float64)
-        self.correct = torch.zeros(size, dtype=torch.bool)
+        self.correct = torch.zeros(size, dtype=torch.float64)  # 0/1, or a token share
 
     def record(self, chunk: GradientChunk) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the chunk's statistics; return its norms (b,) and usable mask (b,)."""

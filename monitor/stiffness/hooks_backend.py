@@ -129,10 +129,11 @@ class HookGradients(ProviderBase):
         """Covered parameters whose rule disagrees with autograd, those whose gradient was
         zero for every checked example, the examples checked, and the recorded calls."""
         k = min(CHECK_EXAMPLES, int(self.targets.shape[0]))
-        x, y = self.inputs[:k].to(self.device), self.targets[:k].to(self.device)
+        x, y, mask = self._batch(0, k)
         got = capture(
             self.model, list(self.layers), x, y, self.selection.dtype,
-            contextlib.nullcontext(), keep_graph=True, copied=self.copied, output=self.output,
+            contextlib.nullcontext(), keep_graph=True, copied=self.copied,
+            objective=self.objective, mask=mask,
         )  # fmt: skip
         live = dict(self.model.named_parameters())
         names = sorted(self.covered)
@@ -190,13 +191,12 @@ class HookGradients(ProviderBase):
         self.example_bytes = held // max(k, 1) + (largest + fallback) * item
 
     def __call__(self, start: int, stop: int) -> GradientChunk:
-        x = self.inputs[start:stop].to(self.device)
-        y = self.targets[start:stop].to(self.device)
+        x, y, mask = self._batch(start, stop)
         rows = stop - start
         try:
             got = capture(
                 self.model, list(self.layers), x, y, self.selection.dtype, self._autocast(),
-                copied=self.copied, output=self.output,
+                copied=self.copied, objective=self.objective, mask=mask,
             )  # fmt: skip
             uses = self._uses(got.calls)
         except torch.cuda.OutOfMemoryError:

@@ -15,6 +15,8 @@ Mode = Literal["class", "pair"]
 Precision = Literal["fp32", "tf32", "bf16"]
 Backend = Literal["auto", "hooks", "vmap", "loop"]
 BACKENDS = ("auto", "hooks", "vmap", "loop")
+Loss = Literal["cross_entropy", "causal_lm", "token_cross_entropy"]
+LOSSES = ("cross_entropy", "causal_lm", "token_cross_entropy")
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,6 +29,12 @@ class ProbeSet:
     ``classes`` are the distinct targets in ascending order: the row/column order of every
     class matrix. ``source_indices`` are the positions of the chosen examples in the source
     file, so a result can be traced back to its examples.
+
+    For sequence losses (``causal_lm``, ``token_cross_entropy``) ``token_targets`` is (N, T)
+    int64, Hugging Face's ``labels`` (same positions as the inputs, -100 where there is no
+    loss), while ``targets`` stays each example's class, what within-class stiffness groups
+    by. ``attention_mask`` (N, T), when given, is passed to the model as
+    ``attention_mask=``.
     """
 
     inputs: torch.Tensor
@@ -35,6 +43,8 @@ class ProbeSet:
     classes: tuple[int, ...] = ()
     source_indices: tuple[int, ...] = ()
     source: str = ""
+    token_targets: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = int(self.targets.shape[0])
@@ -46,6 +56,14 @@ class ProbeSet:
             self.is_train.dtype != torch.bool or tuple(self.is_train.shape) != (n,)
         ):
             raise ValueError("is_train must be a (N,) bool tensor")
+        tokens = self.token_targets
+        if tokens is not None and (
+            tokens.dtype != torch.int64 or tokens.dim() != 2 or tokens.shape[0] != n
+        ):
+            raise ValueError("token_targets must be a (N, T) int64 tensor of token labels")
+        mask = self.attention_mask
+        if mask is not None and (mask.dim() != 2 or mask.shape[0] != n):
+            raise ValueError("attention_mask must be a (N, T) tensor")
         if not self.classes:
             object.__setattr__(
                 self, "classes", tuple(int(c) for c in torch.unique(self.targets).tolist())
@@ -80,6 +98,9 @@ class EngineOptions:
     ``statistics`` asks for the training split's gradient statistics (disparity, GSNR,
     opposing share: ``monitor.stiffness.statistics``; class mode pays one more pass over the
     probe for the opposing share); without a training split there are none.
+    ``loss`` is the per-example data loss: ``cross_entropy`` on (B, C) logits, or the
+    sequence losses ``causal_lm`` and ``token_cross_entropy`` on (B, T, V) logits, which
+    need the probe's ``token_targets``.
     """
 
     mode: Mode = "class"
@@ -93,12 +114,15 @@ class EngineOptions:
     uncertainty: bool = False
     backend: Backend = "auto"
     statistics: bool = False
+    loss: Loss = "cross_entropy"
 
     def __post_init__(self) -> None:
         if self.mode not in ("class", "pair"):
             raise ValueError(f"mode must be 'class' or 'pair', got {self.mode!r}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.batch_size < 1:

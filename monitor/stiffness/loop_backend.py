@@ -25,13 +25,11 @@ import torch
 
 from monitor.errors import EngineError
 from monitor.stiffness.gradients import GradientChunk
-from monitor.stiffness.loss import cross_entropy
-from monitor.stiffness.outputs import check_logits, extract_logits
 from monitor.stiffness.provider_base import ProviderBase
 
 
 class LoopGradients(ProviderBase):
-    """Per-example gradients of the per-example cross-entropy, one example at a time."""
+    """Per-example gradients of the per-example loss (``objective``), one example at a time."""
 
     def _prepare(self) -> None:
         live = dict(self.model.named_parameters())
@@ -70,17 +68,17 @@ class LoopGradients(ProviderBase):
         """Run two small forwards; raise EngineError unless they give the same logits and
         the targets fit them. The same input twice must give the same output: a forward that
         is random in eval mode has no fixed gradient to measure."""
-        x = self.inputs[:2].to(self.device)
+        x, mask = self.inputs[:2].to(self.device), self.objective.mask(0, 2, self.device)
         try:
             with torch.no_grad(), self._autocast(), self._read_only():
-                first, second = self.model(x), self.model(x)
+                first = self.objective.call(self.model, x, mask)
+                second = self.objective.call(self.model, x, mask)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:  # torch.jit.Error included
             raise EngineError(f"the model fails on probe inputs: {error}") from error
-        outputs = check_logits(first, x.shape[0], self.targets, self.output)
-        a = extract_logits(first, self.output).float()
-        b = extract_logits(second, self.output).float()
+        outputs = self.objective.check(first, x.shape[0], self.targets)
+        a, b = self.objective.logits(first).float(), self.objective.logits(second).float()
         if not torch.allclose(a, b, rtol=1e-3, atol=1e-5, equal_nan=True):
             raise EngineError(
                 "the model's forward is random in eval mode (the same input gave different "
@@ -90,30 +88,32 @@ class LoopGradients(ProviderBase):
         return outputs
 
     def _example(
-        self, x: torch.Tensor, y: torch.Tensor, row: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, row: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill ``row`` (P,) with one example's gradient; return its loss and correctness."""
         with self._autocast():
-            logits = extract_logits(self.model(x), self.output).to(row.dtype)  # (1, C)
-            loss = cross_entropy(logits, y)[0]
+            output = self.objective.call(self.model, x, mask)
+            losses, correct = self.objective.losses(output, y, row.dtype)  # (1,), (1,)
+            loss = losses[0]
         if loss.requires_grad:  # else no selected parameter reaches the loss: zero gradient
             parts = torch.autograd.grad(loss, self.params, allow_unused=True)
             for part, where in zip(parts, self.slices, strict=True):
                 if part is not None:  # None: the parameter is unused, its gradient zero
                     row[where] = part.reshape(-1)
-        return loss.detach(), logits.argmax(dim=1)[0] == y[0]
+        return loss.detach(), correct[0]
 
     def __call__(self, start: int, stop: int) -> GradientChunk:
-        x = self.inputs[start:stop].to(self.device)
-        y = self.targets[start:stop].to(self.device)
+        x, y, mask = self._batch(start, stop)
         rows = stop - start
         grads = x.new_zeros(rows, self.selection.numel, dtype=self.selection.dtype)  # (b, P)
         losses = x.new_empty(rows, dtype=torch.float64)  # on the device: no sync per example
-        correct = x.new_empty(rows, dtype=torch.bool)
+        share = torch.float64 if self.objective.sequence else torch.bool  # token share, or hit
+        correct = x.new_empty(rows, dtype=share)
         try:
             with torch.enable_grad(), self._read_only():
                 for i in range(rows):
-                    losses[i], correct[i] = self._example(x[i : i + 1], y[i : i + 1], grads[i])
+                    one = None if mask is None else mask[i : i + 1]
+                    losses[i], correct[i] = self._example(x[i : i + 1], y[i : i + 1], one, grads[i])
         except torch.cuda.OutOfMemoryError:
             raise  # the chunk stream retries with a smaller chunk
         except RuntimeError as error:  # torch.jit.Error included

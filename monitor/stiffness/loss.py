@@ -67,3 +67,39 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     equal to ``F.cross_entropy(reduction="none")`` but accurate for fitted examples."""
     result: torch.Tensor = _StableCrossEntropy.apply(logits, targets)  # type: ignore[no-untyped-call]
     return result
+
+
+IGNORE_INDEX = -100  # Hugging Face's label for "no loss here" (padding, prompt tokens)
+
+
+def sequence_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example mean token cross-entropy (b,) and token accuracy (b,) of ``logits``
+    (b, T, V) at ``labels`` (b, T), Hugging Face's ``labels`` convention: positions equal to
+    ``IGNORE_INDEX`` carry no loss. With ``shift`` (``causal_lm``) the logits at position t
+    predict the label at t + 1, the shift ``transformers``' causal-LM loss makes inside.
+
+    Each example's loss is the mean over its own labelled positions, so a sequence's weight
+    in stiffness does not depend on its length (DESIGN §5). A sequence with no labelled
+    position has loss 0 and a zero gradient: the engine leaves it out of every pair, as it
+    does any example whose gradient norm is at most ``min_grad_norm``. Every token's
+    cross-entropy is the stable one above (``cross_entropy``): the fitted tokens of a trained
+    language model are most tokens. Ignored positions are masked with ``where``, never
+    gathered out, so the shapes stay fixed under ``torch.func.vmap``.
+    """
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]  # (b, T-1, V), (b, T-1)
+    labelled = labels != IGNORE_INDEX  # (b, T')
+    tokens = cross_entropy(logits, torch.where(labelled, labels, 0))  # (b, T')
+    weight = labelled.to(tokens.dtype)
+    count = weight.sum(dim=1).clamp(min=1.0)  # (b,), 1 for a sequence with no label
+    losses = (tokens * weight).sum(dim=1) / count
+    hits = ((logits.argmax(dim=-1) == labels) & labelled).to(tokens.dtype).sum(dim=1)
+    return losses, hits.detach() / count.detach()
+
+
+def labelled_examples(labels: torch.Tensor, shift: bool) -> torch.Tensor:
+    """(N,) bool: the examples with at least one position that carries a loss."""
+    kept = labels[:, 1:] if shift else labels
+    return (kept != IGNORE_INDEX).any(dim=1)

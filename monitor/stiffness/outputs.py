@@ -1,12 +1,16 @@
-"""What every gradient backend asks of a model's output: (B, C) logits the targets fit.
+"""What every gradient backend asks of a model: how to call it, where its output keeps the
+logits, and logits the targets fit.
 
-Models return their logits in many shapes: a bare tensor; a plain dict such as
-``{"loss": ..., "logits": ...}`` (what Hugging Face ``Trainer`` accepts from a custom
-``PreTrainedModel``); a ``transformers`` ``ModelOutput`` (an ``OrderedDict`` with attributes);
-a tuple ``(logits, hidden)``. ``OutputSpec`` says where the logits are: found automatically by
-default, or named by the config (``model.output``: a key, attribute or index;
-``model.output_fn``: a function of the output). The engine receives it as plain data and a
-callable; it imports nothing of the config.
+``Objective`` is the per-example loss the engine differentiates: ``cross_entropy`` on
+(B, C) logits with one class per example, or a sequence loss on (B, T, V) logits with
+Hugging Face ``labels`` per token (``causal_lm`` shifts them inside the loss,
+``token_cross_entropy`` does not; ``loss.sequence_cross_entropy``). It also carries the
+probe's attention mask: a model is called ``model(x)``, or ``model(x, attention_mask=m)``
+when the probe has one, the way Hugging Face models take padded batches. And it carries the
+``OutputSpec`` (``monitor.stiffness.output_spec``): where the model's output keeps its logits
+(a tensor, a dict's or ``ModelOutput``'s ``logits``, a tuple's first element by default, or
+what ``model.output``/``model.output_fn`` name), read the same way for class and token
+logits. One object, so every backend reads the logits and applies the loss alike.
 
 The checks run once, up front, on a small batch, so a wrong model fails with a message that
 names the problem rather than deep inside a backend (a vmap trace, an autograd error).
@@ -14,134 +18,34 @@ names the problem rather than deep inside a backend (a vmap trace, an autograd e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from monitor.errors import EngineError
+from monitor.stiffness.inputs import LOSSES
+from monitor.stiffness.loss import IGNORE_INDEX, cross_entropy, sequence_cross_entropy
+from monitor.stiffness.output_spec import DEFAULT_OUTPUT, OutputSpec
 
-LOSSES = ("cross_entropy",)
-_SHOWN = 8  # keys an error message lists
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "LOSSES",
+    "SEQUENCE_LOSSES",
+    "Objective",
+    "OutputSpec",
+    "check_logits",
+    "extract_logits",
+]
 
-
-def _keys_of(output: Any) -> str:
-    """The keys (or public attributes, or length) ``output`` does have, for an error."""
-    if isinstance(output, Mapping):
-        keys = [repr(key)[:60] for key in output]  # a key can be any long string
-        what = "keys"
-    elif isinstance(output, tuple | list):
-        return f"{len(output)} elements"
-    else:
-        keys = (
-            [name for name in vars(output) if not name.startswith("_")]
-            if hasattr(output, "__dict__")
-            else []
-        )
-        what = "attributes"
-    if not keys:
-        return f"no {what}"
-    shown = ", ".join(keys[:_SHOWN]) + (", ..." if len(keys) > _SHOWN else "")
-    return f"{what} {shown}"
+SEQUENCE_LOSSES = ("causal_lm", "token_cross_entropy")
 
 
-def _named(output: Any, field: str | int) -> Any:
-    """``output[field]`` for a mapping or a sequence, else ``output.<field>``."""
-    if isinstance(field, int):
-        if isinstance(output, Mapping):  # ModelOutput indexes like its tuple; a dict does not
-            values = list(output.values())
-            if -len(values) <= field < len(values):
-                return values[field]
-        elif isinstance(output, tuple | list) and -len(output) <= field < len(output):
-            return output[field]
-    elif isinstance(output, Mapping):
-        if field in output:
-            return output[field]
-    elif isinstance(field, str) and hasattr(output, field):
-        return getattr(output, field)
-    name = f"index {field}" if isinstance(field, int) else repr(field)
-    raise EngineError(
-        f"model output of type {type(output).__name__} has no {name} "
-        f"(it has {_keys_of(output)}); set model.output to the key, attribute or index "
-        "that holds the logits"
-    )
-
-
-def _found(output: Any) -> Any:
-    """The logits by the default rule: the tensor itself, ``["logits"]`` of a mapping,
-    ``.logits``, or element 0 of a tuple or list."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        if "logits" in output:
-            return output["logits"]
-    elif hasattr(output, "logits"):
-        return output.logits
-    elif isinstance(output, tuple | list) and output:
-        return output[0]
-    raise EngineError(
-        f"model output of type {type(output).__name__} holds no logits tensor (it has "
-        f"{_keys_of(output)}); set model.output to the key, attribute or index that holds "
-        "the logits, or model.output_fn to a function that picks them"
-    )
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """Where a model's output keeps its logits.
-
-    ``field``: a key (a mapping's, ``ModelOutput``'s), an attribute, or an index (a tuple's,
-    a list's; a mapping's values in order). ``function``: called with the whole output, returns
-    the logits (a ``torch.func`` transform runs it too, so it must be a pure tensor
-    function). Neither: ``_found``'s rule. Both: refused.
-    """
-
-    field: str | int | None = None
-    function: Callable[[Any], Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.field is not None and self.function is not None:
-            raise ValueError("give the output's field or a function, not both")
-
-    @property
-    def function_name(self) -> str:
-        return str(getattr(self.function, "__qualname__", repr(self.function)))
-
-    def describe(self) -> str:
-        """How the logits were found, for an error message."""
-        if self.function is not None:
-            return f" (model.output_fn {self.function_name})"
-        return "" if self.field is None else f" (model.output {self.field!r})"
-
-    def logits(self, output: Any) -> torch.Tensor:
-        """The (B, C) logits in ``output``; EngineError naming what it found otherwise."""
-        if self.function is not None:
-            try:
-                logits = self.function(output)
-            except (LookupError, AttributeError, TypeError, ValueError) as error:
-                raise EngineError(
-                    f"model.output_fn {self.function_name} failed on the model's output of "
-                    f"type {type(output).__name__} ({type(error).__name__}: {error})"
-                ) from error
-        elif self.field is not None:
-            logits = _named(output, self.field)
-        else:
-            logits = _found(output)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-            raise EngineError(
-                f"model output must be (batch, classes) logits{self.describe()}, got shape {shape}"
-            )
-        return logits
-
-
-DEFAULT_OUTPUT = OutputSpec()
-
-
-def extract_logits(output: Any, spec: OutputSpec = DEFAULT_OUTPUT) -> torch.Tensor:
-    """The (B, C) logits from a model output, found as ``spec`` says."""
-    return spec.logits(output)
+def extract_logits(output: Any, spec: OutputSpec = DEFAULT_OUTPUT, dims: int = 2) -> torch.Tensor:
+    """The logits from a model output, found as ``spec`` says; ``dims`` is 2 for
+    (batch, classes), 3 for (batch, positions, vocabulary)."""
+    return spec.logits(output, dims)
 
 
 def check_logits(
@@ -163,3 +67,76 @@ def check_logits(
     if top >= outputs:
         raise EngineError(f"probe target {top} but the model has {outputs} outputs")
     return outputs
+
+
+def check_token_logits(
+    output: Any, batch: int, labels: torch.Tensor, spec: OutputSpec = DEFAULT_OUTPUT
+) -> int:
+    """Raise EngineError unless ``output`` holds (batch, T, V) logits at the labels' T
+    positions and every label but ``IGNORE_INDEX`` indexes V. Returns V."""
+    logits = extract_logits(output, spec, dims=3)
+    want = (batch, int(labels.shape[1]))
+    if tuple(logits.shape[:2]) != want:
+        raise EngineError(
+            f"model output has logits of shape {tuple(logits.shape)} for token_targets of "
+            f"{want[1]} positions and a batch of {batch}; expected ({batch}, {want[1]}, V)"
+        )
+    vocabulary = int(logits.shape[2])
+    kept = labels[labels != IGNORE_INDEX]
+    if kept.numel() and int(kept.max()) >= vocabulary:
+        raise EngineError(f"token target {int(kept.max())} but the model has {vocabulary} outputs")
+    if kept.numel() and int(kept.min()) < 0:
+        raise EngineError(f"token target {int(kept.min())} is negative and not {IGNORE_INDEX}")
+    return vocabulary
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """The per-example loss (``loss``), the probe's ``attention_mask`` (N, T) or None, and
+    where the model's output keeps its logits (``output``)."""
+
+    loss: str = "cross_entropy"
+    attention_mask: torch.Tensor | None = None
+    output: OutputSpec = DEFAULT_OUTPUT
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @property
+    def sequence(self) -> bool:
+        return self.loss in SEQUENCE_LOSSES
+
+    def mask(self, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+        """The attention mask of examples ``start`` to ``stop`` on ``device``, or None."""
+        if self.attention_mask is None:
+            return None
+        return self.attention_mask[start:stop].to(device)
+
+    @staticmethod
+    def kwargs(mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the model call: the attention mask when there is one."""
+        return {} if mask is None else {"attention_mask": mask}
+
+    def call(self, model: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> Any:
+        return model(x, **self.kwargs(mask))
+
+    def logits(self, output: Any) -> torch.Tensor:
+        """(B, C) or, for a sequence loss, (B, T, V) logits, where ``self.output`` says."""
+        return extract_logits(output, self.output, dims=3 if self.sequence else 2)
+
+    def losses(
+        self, output: Any, targets: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example losses (b,) and correctness (b,): for classification a bool, for
+        sequences the fraction of labelled tokens whose argmax is the label."""
+        logits = self.logits(output).to(dtype)
+        if self.sequence:
+            return sequence_cross_entropy(logits, targets, shift=self.loss == "causal_lm")
+        return cross_entropy(logits, targets), logits.argmax(dim=1) == targets
+
+    def check(self, output: Any, batch: int, targets: torch.Tensor) -> int:
+        """``check_logits`` or ``check_token_logits``: the outputs, or EngineError."""
+        if self.sequence:
+            return check_token_logits(output, batch, targets, self.output)
+        return check_logits(output, batch, targets, self.output)

@@ -28,7 +28,7 @@ from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
 DEFAULT_CACHE_BYTES = 2**30
 
 
-def _clean(chunk: GradientChunk, stats: ExampleStats) -> Rows:
+def clean_rows(chunk: GradientChunk, stats: ExampleStats) -> Rows:
     """Record the chunk; zero non-finite rows so they cannot turn whole Gram rows into NaN."""
     norms, _ = stats.record(chunk)
     bad = ~torch.isfinite(norms)
@@ -40,7 +40,7 @@ def _clean(chunk: GradientChunk, stats: ExampleStats) -> Rows:
     return chunk.grads  # (b, P), or factored rows
 
 
-def _nbytes(rows: Rows) -> int:
+def rows_nbytes(rows: Rows) -> int:
     if isinstance(rows, FactoredRows):
         return rows.nbytes()
     return rows.numel() * rows.element_size()
@@ -66,7 +66,7 @@ def gram_matrix(
         panel: list[tuple[int, int, Rows]] = []
         held, stop = 0, start
         for chunk in stream.chunks(start, size):
-            g = _clean(chunk, stats)
+            g = clean_rows(chunk, stats)
             if tracker is not None and start == 0:
                 tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
@@ -75,13 +75,13 @@ def gram_matrix(
                 gram[chunk.start : chunk.stop, s:e] = block.T
             gram[chunk.start : chunk.stop, chunk.start : chunk.stop] = dot64(g, g)
             panel.append((chunk.start, chunk.stop, g))
-            held += _nbytes(g)  # after dot64: materialised layers are counted too
+            held += rows_nbytes(g)  # after dot64: materialised layers are counted too
             stop = chunk.stop
             del chunk, g
             if held * (len(panel) + 1) > cache_bytes * len(panel):  # the next would not fit
                 break
         for chunk in stream.chunks(stop, size):  # recomputed once per panel
-            g = _clean(chunk, stats)
+            g = clean_rows(chunk, stats)
             if tracker is not None and start == 0:
                 tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
@@ -122,9 +122,25 @@ def pair_mode(
 ) -> ModeResult:
     """Gram, then cosine and sign class matrices per pair set and the distance profile; a
     ``tracker`` gets its sums on the first sweep and its classmate sums from the cosines."""
-    n, c = layout.size, layout.num_classes
     cache = memory_limit // 2 if memory_limit is not None else DEFAULT_CACHE_BYTES
-    gram = gram_matrix(stream, n, stats, cache, tracker)
+    # Passed on, not held here: pair_mode_result frees it once cosine and sign are formed.
+    return pair_mode_result(
+        gram_matrix(stream, layout.size, stats, cache, tracker), layout, stats, inputs, bins,
+        tracker,
+    )  # fmt: skip
+
+
+def pair_mode_result(
+    gram: torch.Tensor,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    inputs: torch.Tensor,
+    bins: int,
+    tracker: StatisticsTracker | None = None,
+) -> ModeResult:
+    """Everything pairs give from the full (N, N) float64 Gram and every example's norm,
+    wherever the Gram was formed (here, or in blocks on several processes)."""
+    c = layout.num_classes
     usable = stats.usable  # (N,)
     pairs = usable.unsqueeze(1) & usable.unsqueeze(0)  # (N, N): both have a direction
     pairs.fill_diagonal_(False)  # self-pairs never count

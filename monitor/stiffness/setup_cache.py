@@ -14,10 +14,10 @@ object, same class, same forward hooks, same plain attributes such as a flag its
 branches on, the same instance-level ``forward`` override if any), every
 parameter and buffer (same object for parameters, so a re-tied or replaced weight counts as
 a change; name, shape, dtype), the selected names, the probe's example shape and dtype, the
-targets' dtype, shape and range (the output check tests that the logits fit them), where the
-output keeps its logits, the device and the precision. Objects are compared by weak
-reference, never by ``id`` (an id can be reused by a new object after the old one is
-collected).
+targets' dtype, shape and range (the output check tests that the logits fit them), the
+device, the precision, the loss, the attention mask's shape and where the output keeps its
+logits. Objects are compared by weak reference, never by ``id`` (an id can be reused by a new
+object after the old one is collected).
 
 What the cache may not skip: the comparison of the layer rules with autograd depends on the
 weights, not only on the structure. A weight can have one use the hooks see and another they
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
+from monitor.stiffness.outputs import Objective
 from monitor.stiffness.parameters import ParameterSelection
 
 
@@ -86,9 +86,10 @@ class Structure:
         targets: torch.Tensor,
         device: torch.device,
         precision: str,
-        output: OutputSpec = DEFAULT_OUTPUT,
+        objective: Objective | None = None,
     ) -> None:
         modules = list(model.named_modules(remove_duplicate=False))
+        mask = None if objective is None else objective.attention_mask
         params = list(model.named_parameters(remove_duplicate=False))
         self.plain: tuple[Any, ...] = (
             tuple((name, type(m), _hook_keys(m), _settings(m)) for name, m in modules),
@@ -102,7 +103,9 @@ class Structure:
             (targets.dtype, tuple(targets.shape), *_extent(targets)),
             str(device),
             precision,
-            output,  # where the logits are: the output check read them there
+            "cross_entropy" if objective is None else objective.loss,
+            None if mask is None else (mask.dtype, tuple(mask.shape)),
+            None if objective is None else objective.output,  # the output check read it there
         )
         overrides = [vars(m)["forward"] for _, m in modules if "forward" in vars(m)]
         self.objects = [weakref.ref(o) for o in [*(m for _, m in modules), *overrides]] + [

@@ -85,12 +85,12 @@ class StatisticsTracker:
     """Accumulates Σ_A g, Σ_B g and Σ g² over the usable training examples, chunk by chunk,
     then takes the classmate sums t_i from the mode (``classmates``) and gives the result.
 
-    ``layout`` and ``source_indices`` are in the order the mode visits the probe."""
+    ``layout`` (with its ``source_indices``) is in the order the mode visits the probe."""
 
-    def __init__(self, layout: ProbeLayout, source_indices: tuple[int, ...]) -> None:
+    def __init__(self, layout: ProbeLayout) -> None:
         self.layout = layout
-        self.source_indices = source_indices
-        self.half = training_halves(layout, source_indices)
+        self.source_indices = layout.source_indices or tuple(range(layout.size))
+        self.half = training_halves(layout, self.source_indices)
         self.sums: torch.Tensor | None = None  # (2, P) float64: Σ_A g, Σ_B g
         self.squares: torch.Tensor | None = None  # (P,) float64: Σ g²
         self.t: torch.Tensor | None = None  # (N,) float64: Σ cos to usable train classmates

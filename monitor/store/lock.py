@@ -95,3 +95,23 @@ def _holder(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def running_daemon(store: Path) -> int | None:
+    """The PID of the daemon holding ``store``'s lock (0 when it has not written it yet), or
+    None when no daemon holds it. Asks with a shared lock taken and dropped at once, never
+    creating the file: ``check`` uses it to tell "this config's daemon is running" apart from
+    "something else holds the metrics port"."""
+    try:
+        fd = os.open(lock_path(Path(store)), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _holder(fd) or 0
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

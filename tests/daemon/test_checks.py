@@ -18,8 +18,9 @@ import yaml
 
 from monitor.errors import ConfigError
 from monitor.exporter.binding import try_bind
+from monitor.store.lock import running_daemon
 from tests.conftest import run_cli
-from tests.daemon_harness import make_config, write_checkpoint
+from tests.daemon_harness import DaemonProcess, make_config, write_checkpoint
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -139,6 +140,25 @@ def test_a_taken_metrics_port_is_exit_2_for_check_and_watch(tmp_path: Path, list
     assert watch.returncode == EXIT_USAGE, watch.stderr
     assert any(expected in line for line in errors(watch.stderr)), watch.stderr
     assert "Traceback" not in watch.stderr
+
+
+@pytest.mark.slow
+def test_check_beside_its_own_running_daemon_warns_about_the_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as free:
+        free.bind(("127.0.0.1", 0))
+        port = int(free.getsockname()[1])
+    config = make_config(tmp_path, {}, metrics={"port": port})
+    daemon = DaemonProcess(config)
+    try:
+        daemon.metrics_url()
+        done = run_cli("check", "-c", config)
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        expected = (f"metrics.port: 127.0.0.1:{port} is in use by this config's running daemon "
+                    f"(PID {daemon.process.pid}")  # fmt: skip
+        assert expected in done.stdout + done.stderr
+    finally:
+        assert daemon.stop() == 0
+    assert running_daemon(tmp_path / "state" / "state.db") is None  # the lock died with it
 
 
 def test_try_bind_releases_a_free_port_and_names_a_taken_one(listening: int) -> None:

@@ -1,6 +1,7 @@
 """Per-layer rules for per-example gradients without materialising (b, P) (DESIGN §3).
 
-One file per layer type, each registered in ``registry.RULES`` by ``@register``; importing
+One file per layer type, each registered in ``registry.RULES`` by ``@register`` (layers of
+``transformers`` by qualified name, ``registry.NAMED``); importing
 this package imports them all. ``rows.FactoredRows`` is what the hook backend gives the
 modes instead of a (b, P) tensor.
 """
@@ -10,6 +11,7 @@ from monitor.stiffness.layers import (  # noqa: F401 (imported to register the r
     conv,
     embedding,
     groupnorm,
+    huggingface,
     layernorm,
     linear,
     rmsnorm,

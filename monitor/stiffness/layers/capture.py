@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monitor.stiffness.loss import cross_entropy
-from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec, extract_logits
+from monitor.stiffness.outputs import Objective
 
 
 @dataclass(eq=False)
@@ -43,18 +42,25 @@ class Captured:
 
 @contextlib.contextmanager
 def hooked(
-    modules: list[nn.Module], copied: frozenset[nn.Module] = frozenset()
+    modules: list[nn.Module], copied: frozenset[nn.Module] = frozenset(), batch: int | None = None
 ) -> Iterator[list[Call]]:
     """Record every call of ``modules`` while inside; the hooks are removed on exit.
 
     A module in ``copied`` passes a copy of its output on: an in-place operation after it
     (``nn.ReLU(inplace=True)`` after BatchNorm) then changes the copy, and the gradient at
     the recorded output stays the one at the layer's output, not the one after that
-    operation. It costs one activation copy, so only layers that need it get it."""
+    operation. It costs one activation copy, so only layers that need it get it.
+
+    With ``batch``, a call whose output does not lead with the batch size is not recorded:
+    it is shared by the examples (GPT-2's position embedding looks up (1, T) positions and
+    broadcasts them), so its B is summed over them and no per-example gradient can be read
+    from it. Its parameter then disagrees with autograd at setup and moves to the fallback."""
     calls: list[Call] = []
 
     def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if isinstance(output, torch.Tensor) and output.requires_grad:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return None
+        if batch is None or (output.dim() > 0 and output.shape[0] == batch):
             inputs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             calls.append(Call(module, inputs, output))
             if module in copied:
@@ -78,14 +84,17 @@ def capture(
     autocast: contextlib.AbstractContextManager[Any],
     keep_graph: bool = False,
     copied: frozenset[nn.Module] = frozenset(),
-    output: OutputSpec = DEFAULT_OUTPUT,
+    objective: Objective | None = None,
+    mask: torch.Tensor | None = None,
 ) -> Captured:
-    """Forward ``x`` with hooks, then B for every call. With ``keep_graph`` the losses stay
-    attached (the setup check differentiates them once more, example by example)."""
-    with torch.enable_grad(), hooked(modules, copied) as calls:
+    """Forward ``x`` (with attention ``mask`` when given) with hooks, then B for every call.
+    With ``keep_graph`` the losses stay attached (the setup check differentiates them once
+    more, example by example). ``objective`` is the loss (cross-entropy when None)."""
+    objective = objective if objective is not None else Objective()
+    with torch.enable_grad(), hooked(modules, copied, int(x.shape[0])) as calls:
         with autocast:
-            logits = extract_logits(model(x), output).to(dtype)  # (b, C)
-        losses = cross_entropy(logits, y)  # (b,) per-example data loss
+            output = objective.call(model, x, mask)
+        losses, correct = objective.losses(output, y, dtype)  # (b,) per-example data loss
         if calls:
             grads = torch.autograd.grad(
                 losses.sum(),
@@ -101,5 +110,5 @@ def capture(
     return Captured(
         calls=calls,
         losses=losses if keep_graph else losses.detach(),
-        correct=logits.argmax(dim=1) == y,
+        correct=correct,
     )

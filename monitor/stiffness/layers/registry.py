@@ -5,6 +5,11 @@ Opacus-style (``grad_sample/``): each rule lives in its own file and registers i
 overrides ``forward`` (and may use its weight differently) is never silently treated as its
 parent; it falls back to ``torch.func``. A rule may also decline a configuration it cannot
 handle exactly (``when``), e.g. an Embedding with ``max_norm`` (it rewrites its weight).
+
+Layers of libraries the engine must not import (``transformers``' ``Conv1D`` and RMSNorm
+classes) register by qualified class name instead (``register_named``), again matched
+exactly; the hook backend's setup check compares every rule with autograd, so a renamed or
+rewritten class is caught there, not trusted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Rule:
 
 
 RULES: dict[type[nn.Module], Rule] = {}
+NAMED: dict[str, Rule] = {}  # "module.QualName" of a class the engine does not import
 
 
 def _always(module: Any) -> bool:
@@ -49,9 +55,21 @@ def register(
     return add
 
 
+def register_named(*names: str) -> Callable[[RuleFn], RuleFn]:
+    """Decorator: ``compute`` is the rule for classes of exactly these qualified names."""
+
+    def add(compute: RuleFn) -> RuleFn:
+        for name in names:
+            NAMED[name] = Rule(compute, _always)
+        return compute
+
+    return add
+
+
 def rule_for(module: nn.Module) -> Rule | None:
     """The rule for ``module``, or None (its parameters fall back to ``torch.func``)."""
-    rule = RULES.get(type(module))
+    kind = type(module)
+    rule = RULES.get(kind) or NAMED.get(f"{kind.__module__}.{kind.__qualname__}")
     return rule if rule is not None and rule.when(module) else None
 
 
