@@ -118,7 +118,17 @@ def test_the_report_lists_the_latest_suspect_labels(
     stored: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     config, results = stored
-    html = write_report(config, tmp_path / "report").read_text(encoding="utf-8")
+    ruled = config.parent / "config-ruled.yaml"  # the same store, a rule over each statistic
+    data = yaml.safe_load(config.read_text())
+    data["rules"] = [
+        {"name": f"on-{metric}", "kind": "threshold", "metric": metric, "mode": "min",
+         "divergence_threshold": 1.0e9}
+        for metric in ("opposing_share", "gradient_disparity", "gsnr")
+    ]  # fmt: skip
+    ruled.write_text(yaml.safe_dump(data))
+    html = write_report(ruled, tmp_path / "report").read_text(encoding="utf-8")
+    for title in ("opposing share", "gradient disparity", "GSNR"):
+        assert f"{title} (training split)" in html, title
     latest = results[-1]["statistics"]["suspect_labels"]
     section = html.split("<h3>Suspect labels</h3>", 1)[1]
     if not latest:
