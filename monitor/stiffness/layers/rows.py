@@ -24,7 +24,7 @@ import itertools
 import torch
 
 from monitor.stiffness.layers.grouping import Groups
-from monitor.stiffness.layers.uses import Factors, Use, ghost_cross, ghost_self, zeroed
+from monitor.stiffness.layers.uses import Factors, Outer, Use, ghost_cross, ghost_self, zeroed
 from monitor.stiffness.products import gram64, squared_norms
 
 
@@ -196,7 +196,15 @@ class FactoredRows:
         rows = torch.arange(self.batch, device=self.device)
         own = own.to(self.device)
         for block, cols in zip(self.blocks, self.columns, strict=True):
-            if block.uses:
+            use = block.uses[0] if len(block.uses) == 1 else None
+            if isinstance(use, Outer) and not block.cached:
+                # ⟨L_iᵀR_i, S⟩ = Σ_t (L_it S)·R_it: (b·T, rows) @ (rows, cols) per slot, no
+                # per-example gradient formed (a Linear's, b·in·out, is most of the cost).
+                for k, target in enumerate(sums[present.to(sums.device), cols]):
+                    moved = use.left @ target.view(use.rows, use.cols).to(use.left.dtype)
+                    along = (moved * use.right).sum(dim=(1, 2), dtype=torch.float64)  # (b,)
+                    total += torch.where(own == k, along, 0.0)
+            elif block.uses:
                 # One block's rows at a time, dropped after use: kept on every block they
                 # would add up to the (b, P) matrix this backend exists to avoid.
                 dense = block.transient_rows()
