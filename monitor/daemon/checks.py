@@ -206,6 +206,11 @@ def run_checks(config_path: str | Path) -> CheckReport:
         )
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
+    if probe is not None and config.stiffness.statistics and not probe.has_splits:
+        report.warnings.append(
+            f"{source}: stiffness.statistics: the probe has no training split (a 'split' with "
+            "'train' and 'val' examples), so there are no gradient statistics to measure"
+        )
     if model is not None and probe is not None:
         problem = _check_output(model, probe, spec, config.stiffness.loss)
         if problem:

@@ -32,12 +32,13 @@ JOB = textwrap.dedent(
             nn.Flatten(), nn.Linear(3 * 4 * 4, 4),
         )
 
-    def probe():
+    def probe(split=True):
         generator = torch.Generator().manual_seed(7)
         inputs = torch.randn(80, 1, 8, 8, generator=generator)
         targets = torch.arange(80) % 4
-        split = ["train" if (i // 4) % 2 == 0 else "val" for i in range(80)]
-        return {"inputs": inputs, "targets": targets, "split": split}
+        names = ["train" if (i // 4) % 2 == 0 else "val" for i in range(80)]
+        found = {"inputs": inputs, "targets": targets, "split": names}
+        return found if split else {"inputs": inputs, "targets": targets}
     """
 )
 STEPS = (10, 20, 30, 40, 50, 60)
@@ -158,3 +159,12 @@ def test_evaluate_prints_them(stored: tuple[Path, list[dict[str, Any]]]) -> None
     line = next(x for x in done.stdout.splitlines() if x.startswith("training split:"))
     assert f"gradient disparity {stats['gradient_disparity']:.4f}" in line
     assert f"({len(stats['suspect_labels'])} suspect labels)" in line
+
+
+def test_check_warns_when_the_probe_has_no_training_split(tmp_path: Path) -> None:
+    config = _job(tmp_path, statistics=True)
+    data = yaml.safe_load(config.read_text())
+    data["probe"]["kwargs"] = {"split": False}
+    config.write_text(yaml.safe_dump(data))
+    warnings = run_checks(config).warnings
+    assert any("stiffness.statistics: the probe has no training split" in w for w in warnings)
