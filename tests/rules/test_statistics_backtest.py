@@ -94,6 +94,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[st
     return config_path, results
 
 
+@pytest.mark.slow
 def test_a_rule_over_opposing_share_replays_from_the_store(
     stored: tuple[Path, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def test_without_statistics_the_report_has_no_section_and_check_warns(tmp_path: 
     assert evaluation.to_dict()["statistics"] is None
 
 
+@pytest.mark.slow
 def test_evaluate_prints_them(stored: tuple[Path, list[dict[str, Any]]]) -> None:
     config, results = stored
     done = run_cli("evaluate", "-c", config, config.parent / "run" / f"step_{STEPS[-1]}.pt")
