@@ -228,8 +228,9 @@ def reference_statistics(
         mean = stacked.mean(dim=0)
         variance = (stacked - mean).square().mean(dim=0)
         second = stacked.square().mean(dim=0)
+        floor = torch.finfo(torch.float64).eps ** 2 * float(second.max())  # rounding residue
         for j in range(stacked.shape[1]):
-            if float(variance[j]) > 1e-12 * float(second[j]):
+            if float(variance[j]) > 1e-12 * float(second[j]) and float(second[j]) > floor:
                 ratios.append(float(mean[j]) ** 2 / float(variance[j]))
         if ratios:
             gsnr = sum(ratios) / len(ratios)

@@ -24,8 +24,11 @@ gradient with a norm above ``min_grad_norm``, as for stiffness) this module meas
   split (population variance, 1/n: the variance over the empirical training distribution,
   the paper's definition). Summarised as the paper does, by the mean over parameters
   (``gsnr``), and by the lower median (``gsnr_median``), which one heavy-tailed parameter
-  cannot move. Parameters whose variance is at most 1e-12 of their mean square (unused,
-  dead, constant) are left out: their ratio is rounding, not signal. Needs Σg (the two
+  cannot move. Left out, because their ratio is rounding, not signal: parameters whose
+  variance is at most 1e-12 of their mean square (unused, dead, constant), and those whose
+  root-mean-square gradient is at most the rows' machine epsilon times the largest
+  parameter's (a gradient that is zero in exact arithmetic comes out of the backward pass as
+  cancellation residue, 1e-21 where others are 1: GPT-2's, in float64). Needs Σg (the two
   halves' sums) and Σg²: one more P-sized float64 sum. Forming Σg² from the hook backend's
   factored rows materialises each layer's per-example gradients for the chunk, one layer at
   a time (a square is not a product of class sums).
@@ -94,6 +97,7 @@ class StatisticsTracker:
         self.sums: torch.Tensor | None = None  # (2, P) float64: Σ_A g, Σ_B g
         self.squares: torch.Tensor | None = None  # (P,) float64: Σ g²
         self.t: torch.Tensor | None = None  # (N,) float64: Σ cos to usable train classmates
+        self.epsilon = torch.finfo(torch.float64).eps  # the rows' dtype's, set by ``observe``
 
     def observe(self, chunk: GradientChunk, usable: torch.Tensor) -> None:
         """Add the chunk's usable training rows (``usable``: (b,) bool) to the sums. Called
@@ -102,6 +106,7 @@ class StatisticsTracker:
         keep = ((half >= 0) & usable).nonzero().squeeze(1)  # (k,) local rows
         grads = chunk.grads
         if self.sums is None:
+            self.epsilon = torch.finfo(grads.dtype).eps
             self.sums = torch.zeros(2, grads.shape[1], dtype=torch.float64, device=grads.device)
             self.squares = torch.zeros(grads.shape[1], dtype=torch.float64, device=grads.device)
         assert self.squares is not None
@@ -146,7 +151,8 @@ class StatisticsTracker:
                 mean = (self.sums[0] + self.sums[1]) / n  # (P,)
                 second = self.squares / n
                 variance = second - mean.square()
-                varies = variance > CONSTANT * second
+                floor = self.epsilon**2 * second.max()  # rounding level: see the module
+                varies = (variance > CONSTANT * second) & (second > floor)
                 ratio = (mean.square()[varies] / variance[varies]).cpu()  # (kept,)
                 kept = int(ratio.numel())
                 if kept:

@@ -174,3 +174,19 @@ def test_halves_follow_source_indices_not_probe_order() -> None:
     assert torch.equal(again, half[order])
     assert sorted((half[is_train] == 0).tolist()).count(True) == 4  # ⌊8/2⌋ in half A
     assert bool((half[~is_train] == -1).all())
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_sequence_loss_statistics_match_reference(arch: str, mode: Any) -> None:
+    """causal_lm on tiny GPT-2 and Llama (tests/stiffness/test_sequences.py's padded probe:
+    a training split with an unlabelled one-token sequence, left out as a zero gradient)."""
+    pytest.importorskip("transformers")
+    from tests.stiffness.test_sequences import case as sequence_case
+
+    model, probe, ref = sequence_case(arch, "causal_lm")
+    assert ref.statistics is not None
+    options = EngineOptions(mode=mode, batch_size=5, loss="causal_lm", statistics=True)
+    result = compute_stiffness(copy.deepcopy(model).double(), probe, options)
+    assert_statistics(result, ref.statistics, 1e-10)
+    assert ref.statistics["halves"] in ([1, 2], [2, 1])  # example 9 has no direction
