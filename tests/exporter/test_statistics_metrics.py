@@ -12,6 +12,7 @@ from torch import nn
 from monitor.daemon.outcomes import export_evaluation
 from monitor.evaluation.evaluator import Evaluation
 from monitor.exporter.metrics import MonitorMetrics
+from monitor.exporter.tensorboard import BoardEntry, scalars
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
 from tests.daemon_harness import metric_value
 from tests.exporter.test_metrics import scrape
@@ -49,3 +50,14 @@ def test_statistics_are_exported_per_run() -> None:
     for gauge in GAUGES:
         value = metric_value(later, gauge, run="a")
         assert value is not None and math.isnan(value), gauge  # not a stale value
+
+
+def test_tensorboard_writes_them_as_scalars() -> None:
+    measured = evaluation("a", statistics=True).result
+    written = scalars(BoardEntry(step=1, result=measured.to_dict()))
+    stats = measured.statistics
+    assert stats is not None
+    for field in GAUGES.values():
+        assert written[f"statistics/{field}"] == getattr(stats, field), field
+    plain = scalars(BoardEntry(step=1, result=evaluation("b", statistics=False).result.to_dict()))
+    assert not any(tag.startswith("statistics/") for tag in plain)
