@@ -190,3 +190,31 @@ def test_sequence_loss_statistics_match_reference(arch: str, mode: Any) -> None:
     result = compute_stiffness(copy.deepcopy(model).double(), probe, options)
     assert_statistics(result, ref.statistics, 1e-10)
     assert ref.statistics["halves"] in ([1, 2], [2, 1])  # example 9 has no direction
+
+
+@pytest.mark.parametrize("backend", ["auto", "vmap"])
+def test_blocked_pair_mode_counts_every_example_once(backend: str) -> None:
+    """With a memory budget of one chunk pair mode recomputes chunks for later panels; the
+    statistics' sums see each example once all the same (float64, against the reference)."""
+    model, probe, include, want = case("cnn-first-conv")
+    model64 = copy.deepcopy(model).double()
+    probe64 = noisy_probe(probe.inputs, double=True)
+    options = EngineOptions(
+        mode="pair", batch_size=7, memory_limit=1, include=include, statistics=True,
+        backend=backend,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert_statistics(compute_stiffness(model64, probe64, options), want, 1e-10)
+
+
+@pytest.mark.parametrize("backend", ["vmap", "loop"])
+def test_dense_rows_in_class_mode(backend: str) -> None:
+    """The (b, P) rows of torch.func and of the loop (class mode scales them in place after
+    the tracker has seen them) give the reference's statistics too."""
+    model, probe, include, want = case("cnn-first-conv")
+    model64 = copy.deepcopy(model).double()
+    probe64 = noisy_probe(probe.inputs, double=True)
+    options = EngineOptions(
+        mode="class", batch_size=6, include=include, statistics=True,
+        backend=backend,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert_statistics(compute_stiffness(model64, probe64, options), want, 1e-10)
