@@ -29,16 +29,19 @@ gradient with a norm above ``min_grad_norm``, as for stiffness) this module meas
   root-mean-square gradient is at most the rows' machine epsilon times the largest
   parameter's (a gradient that is zero in exact arithmetic comes out of the backward pass as
   cancellation residue, 1e-21 where others are 1: GPT-2's, in float64). Needs Σg (the two
-  halves' sums) and Σg²: one more P-sized float64 sum. Forming Σg² from the hook backend's
-  factored rows materialises each layer's per-example gradients for the chunk, one layer at
-  a time (a square is not a product of class sums).
+  halves' sums) and Σg²: one more P-sized float64 sum. From the hook backend's factored
+  rows, a Linear on vectors gives Σ_i G_i² as (L∘L)ᵀ(R∘R), one weight-sized product; other
+  layers (conv, embedding, a Linear over positions) have no such form (a square is not a
+  product of sums), so their per-example gradients are formed for the chunk's training rows,
+  one layer at a time, and squared.
 - **Opposing share**: an example opposes its class when its mean cosine to the other
   training examples with the same label is negative; the share is over usable examples with
   at least one usable classmate, and the *suspect labels* are those examples (source index,
   label, mean cosine), most negative first, at most ``SUSPECTS``. Class mode has the
   training class sums of unit gradients S_a already; t_i = u_i·S_a - |u_i|² needs each
-  example's gradient again: a second pass over the probe (shared with the jackknife's when
-  ``uncertainty`` is on). Pair mode reads it from the Gram's cosines for free.
+  example's gradient again: a second pass over the training split (shared with the
+  jackknife's when ``uncertainty`` is on). Pair mode reads it from the Gram's cosines for
+  free. Measured costs: BENCHMARKS.md, "Gradient statistics of the training split".
 """
 
 from __future__ import annotations
