@@ -160,7 +160,8 @@ class StatisticsTracker:
                 kept = int(ratio.numel())
                 if kept:
                     gsnr = float(ratio.mean())
-                    median = float(ratio.sort().values[(kept - 1) // 2])
+                    # The lower median; kthvalue is linear where a sort of P values is not.
+                    median = float(ratio.kthvalue((kept - 1) // 2 + 1).values)
         share, eligible, suspects = self._opposing(members)
         return GradientStatistics(
             gradient_disparity=disparity,
