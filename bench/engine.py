@@ -9,6 +9,12 @@ on a subset of ``--check`` examples, and peak GPU memory per measurement (CUDA o
     python bench/engine.py --small                 # CPU sizes, a few minutes on 2 cores
     python bench/engine.py --device cuda           # full sizes (DESIGN §3 targets)
     python bench/engine.py --device cuda --precision tf32 --cases resnet18-c10
+    python bench/engine.py --small --statistics    # the training split's statistics (issue 15)
+
+``--statistics`` puts every other example in the probe's training split and measures, against
+the same floor, hooks class and pair mode without and with ``statistics``, class mode with
+the sums alone (disparity: Σ_A g, Σ_B g, no Σg² and no second pass), and class mode with
+``uncertainty`` (its second pass is the one the opposing share needs; with both, one pass).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet import Encoder, ResNet18, mlp
 
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness
+from monitor.stiffness import modes as modes_module
+from monitor.stiffness.statistics import StatisticsTracker
 from tests.reference import reference_stiffness
 
 Case = tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor], int, int]
@@ -127,12 +135,60 @@ def max_cos_error(
     )
 
 
+class SumsOnly(StatisticsTracker):
+    """The tracker without Σg² and without the classmate pass: what disparity alone costs."""
+
+    def observe(self, chunk: object, usable: torch.Tensor) -> None:
+        grads = chunk.grads  # type: ignore[attr-defined]
+        keep = ((self.half[chunk.start : chunk.stop] >= 0) & usable).nonzero().squeeze(1)  # type: ignore[attr-defined]
+        if self.sums is None:
+            self.sums = torch.zeros(2, grads.shape[1], dtype=torch.float64, device=grads.device)
+            self.squares = torch.zeros(1, dtype=torch.float64)
+        if keep.numel():
+            ones = torch.ones(keep.numel(), dtype=grads.dtype, device=grads.device)
+            where = self.half[chunk.start : chunk.stop][keep]  # type: ignore[attr-defined]
+            grads.add_class_sums(self.sums, where, keep, ones)
+
+    def members(self, usable: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(usable)  # no training example needs the second pass
+
+
+def statistics_works(
+    model: nn.Module, probe: ProbeSet, args: argparse.Namespace, device: torch.device
+) -> dict[str, Callable[[], object]]:
+    """The ``--statistics`` measurements (see the module docstring)."""
+    batch, precision = args.batch_size, args.precision
+
+    def run(mode: str, **extra: bool) -> Callable[[], object]:
+        options = EngineOptions(mode=mode, batch_size=batch, precision=precision, **extra)  # type: ignore[arg-type]
+        return lambda: compute_stiffness(model, probe, options, device)
+
+    def sums_only() -> object:
+        modes_module.StatisticsTracker = SumsOnly  # type: ignore[misc]
+        try:
+            return run("class", statistics=True)()
+        finally:
+            modes_module.StatisticsTracker = StatisticsTracker  # type: ignore[misc]
+
+    return {
+        "floor": lambda: floor(model, probe, device, precision, batch),
+        "hooks class": run("class"),
+        "class + disparity sums only": sums_only,
+        "class + statistics": run("class", statistics=True),
+        "class + uncertainty": run("class", uncertainty=True),
+        "class + statistics + uncertainty": run("class", statistics=True, uncertainty=True),
+        "hooks pair": run("pair"),
+        "pair + statistics": run("pair", statistics=True),
+    }
+
+
 def run_case(name: str, case: Case, args: argparse.Namespace, device: torch.device) -> list[str]:
     build, make_inputs, n, classes = case
     n = args.n or n
     torch.manual_seed(0)
     model = build().to(device).eval()
-    probe = ProbeSet(make_inputs(n), torch.arange(n) % classes)
+    split = torch.arange(n) % 2 == 0 if args.statistics else None
+    probe = ProbeSet(make_inputs(n), torch.arange(n) % classes, split)
     batch, precision = args.batch_size, args.precision
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -149,6 +205,8 @@ def run_case(name: str, case: Case, args: argparse.Namespace, device: torch.devi
         works["vmap class"] = engine("class", "vmap")
     works["hooks class"] = engine("class", "auto")
     works["hooks pair"] = engine("pair", "auto")
+    if args.statistics:
+        works = statistics_works(model, probe, args, device)
     load = os.getloadavg()[0]
     rows = timed(device, works, args.repeats)
     load = max(load, os.getloadavg()[0])
@@ -189,6 +247,7 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=24, help="examples for the accuracy check")
     parser.add_argument("--cases", nargs="*", default=None)
     parser.add_argument("--skip-vmap", action="store_true")
+    parser.add_argument("--statistics", action="store_true", help="the statistics' costs")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"

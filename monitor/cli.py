@@ -21,6 +21,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from monitor import __version__
+from monitor.cli_help import command_parser
 from monitor.config.schema import StiffnessConfig, load_config
 from monitor.daemon.checks import run_checks
 from monitor.demo.command import add_demo_parser, run_demo_command
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate one checkpoint and print the result")
+    evaluate = command_parser(commands, "evaluate", "evaluate one checkpoint and print the result")
     evaluate.add_argument("-c", "--config", required=True, help="the YAML config file")
     evaluate.add_argument("checkpoint", help="a checkpoint file or folder")
     evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -72,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="override stiffness.device (cpu, cuda, cuda:N)")
     _rank_flags(evaluate)
 
-    watch = commands.add_parser(
-        "watch", help="run the daemon: watch runs, evaluate new checkpoints, export metrics"
+    watch = command_parser(
+        commands, "watch", "run the daemon: watch runs, evaluate new checkpoints, export metrics"
     )
     watch.add_argument("-c", "--config", required=True, help="the YAML config file")
     _rank_flags(watch)
 
-    backtest = commands.add_parser(
-        "backtest", help="replay rules over stored results: where would they have stopped?"
+    backtest = command_parser(
+        commands, "backtest", "replay rules over stored results: where would they have stopped?"
     )
     backtest.add_argument("-c", "--config", required=True, help="the YAML config file")
     backtest.add_argument("--rules", help="a rules file to try instead of the config's rules")
@@ -89,18 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--json", action="store_true", help="print a JSON list")
 
-    reset = commands.add_parser(
-        "reset",
-        help="start a new attempt of a run by hand: fresh rules, history, best and stop",
-        description="Begins the run's next attempt in the store. A running daemon follows within "
-        "a second: it starts the run's rules afresh and removes the stop and best-checkpoint "
-        "files it wrote for the earlier attempt. Reruns into the same folder are detected "
-        "without this (the steps start again lower).",
+    reset = command_parser(
+        commands, "reset", "start a new attempt of a run by hand: fresh rules, history, stop"
     )
     reset.add_argument("-c", "--config", required=True, help="the YAML config file")
     reset.add_argument("--run", required=True, help="the run's name")
 
-    check = commands.add_parser("check", help="validate the config, rules, model and probe")
+    check = command_parser(commands, "check", "validate the config, rules, model and probe")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
 
     add_report_parser(commands)

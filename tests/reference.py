@@ -46,6 +46,7 @@ class Reference:
     cosine: dict[str, RefMatrix]  # "val-val", and "train-val"/"train-train" with splits
     sign: dict[str, RefMatrix]
     distance: dict[str, Any] | None
+    statistics: dict[str, Any] | None = None  # the training split's; None without one
 
 
 def _mean(values: list[float]) -> float | None:
@@ -195,6 +196,69 @@ def _distance(
     }
 
 
+def _halves(probe: ProbeSet, train: list[int]) -> dict[int, int]:
+    """Half 0 or 1 of each training example: ranked by source index, a permutation seeded
+    with 0, the first n // 2 ranks in half 0 (the rule ``monitor.stiffness.statistics``
+    documents, written out again here)."""
+    ranked = sorted(train, key=lambda i: (probe.source_indices[i], i))
+    permutation = torch.randperm(len(ranked), generator=torch.Generator().manual_seed(0))
+    return {i: 0 if int(permutation[r]) < len(ranked) // 2 else 1 for r, i in enumerate(ranked)}
+
+
+def reference_statistics(
+    probe: ProbeSet,
+    grads: list[torch.Tensor],
+    usable: list[bool],
+    train: list[int],
+    cls: list[int],
+) -> dict[str, Any]:
+    """Gradient disparity, GSNR and the opposing share over the usable training examples,
+    the plain way: explicit means, a two-pass variance, and loops over classmate pairs."""
+    members = [i for i in train if usable[i]]
+    half = _halves(probe, train)
+    groups = [[i for i in members if half[i] == h] for h in (0, 1)]
+    disparity = None
+    if groups[0] and groups[1]:
+        means = [sum(grads[i] for i in g) / len(g) for g in groups]
+        disparity = float((means[0] - means[1]).norm())
+    gsnr = median = None
+    ratios: list[float] = []
+    if len(members) >= 2:
+        stacked = torch.stack([grads[i] for i in members])  # (n, P)
+        mean = stacked.mean(dim=0)
+        variance = (stacked - mean).square().mean(dim=0)
+        second = stacked.square().mean(dim=0)
+        floor = torch.finfo(torch.float64).eps ** 2 * float(second.max())  # rounding residue
+        for j in range(stacked.shape[1]):
+            if float(variance[j]) > 1e-12 * float(second[j]) and float(second[j]) > floor:
+                ratios.append(float(mean[j]) ** 2 / float(variance[j]))
+        if ratios:
+            gsnr = sum(ratios) / len(ratios)
+            median = sorted(ratios)[(len(ratios) - 1) // 2]
+    mean_cos: dict[int, float] = {}
+    for i in members:
+        mates = [j for j in members if j != i and cls[j] == cls[i]]
+        if mates:
+            cosines = [
+                float(torch.dot(grads[i], grads[j]) / (grads[i].norm() * grads[j].norm()))
+                for j in mates
+            ]
+            mean_cos[i] = sum(cosines) / len(cosines)
+    opposing = sorted(
+        (v, probe.source_indices[i], int(probe.targets[i])) for i, v in mean_cos.items() if v < 0
+    )
+    return {
+        "gradient_disparity": disparity,
+        "gsnr": gsnr,
+        "gsnr_median": median,
+        "gsnr_parameters": len(ratios),
+        "opposing_share": len(opposing) / len(mean_cos) if mean_cos else None,
+        "examples": len(mean_cos),
+        "halves": [len(groups[0]), len(groups[1])],
+        "suspect_labels": [{"index": i, "label": y, "cosine": v} for v, i, y in opposing],
+    }
+
+
 def _scored(values: list[Any], members: list[int], losses: list[float] | None = None) -> float:
     """Mean of ``values`` over ``members`` that have a loss (a sequence with no labelled
     token has none: NaN); NaN when none has."""
@@ -256,4 +320,5 @@ def reference_stiffness(
         cosine=cosine,
         sign=sign,
         distance=_distance(probe, held, cos_val, cls, bins),
+        statistics=reference_statistics(probe, grads, usable, train, cls) if train else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -177,3 +178,17 @@ def test_report_and_demo_are_commands(
     with pytest.raises(SystemExit) as exited:
         main([command, "--no-such-flag"])
     assert exited.value.code == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "watch", "backtest", "reset", "check", "report", "demo"]
+)
+def test_every_command_help_has_a_description_and_an_example(command: str) -> None:
+    done = run_cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    usage, _, rest = done.stdout.partition("\n\n")
+    assert usage.startswith(f"usage: stiffness-monitor {command}")
+    description = rest.split("\n\n", 1)[0]
+    assert len(description.split()) >= 12, description  # a sentence or more, not a flag list
+    assert re.search(rf"^examples?:\n  (stiffness-monitor|torchrun) .*{command}", done.stdout,
+                     flags=re.M), done.stdout  # fmt: skip

@@ -119,6 +119,7 @@ class StiffnessConfig(Section):
     loss: Literal["cross_entropy", "causal_lm", "token_cross_entropy"] = "cross_entropy"
     uncertainty: bool = False
     backend: Literal["auto", "hooks", "vmap", "loop"] = "auto"
+    statistics: bool = False
     projection: ProjectionConfig | None = None
 
     @field_validator("memory_limit", mode="before")
@@ -143,6 +144,7 @@ class StiffnessConfig(Section):
             memory_limit=self.memory_limit,
             uncertainty=self.uncertainty,
             backend=self.backend,
+            statistics=self.statistics,
             loss=self.loss,
             projection=(
                 None

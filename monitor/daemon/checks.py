@@ -28,7 +28,13 @@ from monitor.daemon.newest_checkpoints import check_newest_checkpoints
 from monitor.errors import ConfigError, EngineError, ModelFactoryError, ProbeError
 from monitor.exporter.binding import try_bind
 from monitor.probe.sampling import load_probe
-from monitor.rules.spec import METRICS_WITH_ERRORS, load_rules, min_sigma_metrics
+from monitor.rules.spec import (
+    METRICS_WITH_ERRORS,
+    STATISTICS_METRICS,
+    load_rules,
+    min_sigma_metrics,
+    rule_metrics,
+)
 from monitor.stiffness.inputs import ProbeSet
 from monitor.stiffness.outputs import Objective, OutputSpec
 from monitor.store.lock import running_daemon
@@ -163,6 +169,12 @@ def run_checks(config_path: str | Path) -> CheckReport:
                 f"{source}: stiffness.uncertainty: a rule uses min_sigma, which has no effect "
                 "unless class mode computes standard errors (set stiffness.uncertainty: true)"
             )
+        if rule_metrics(rules) & STATISTICS_METRICS and not config.stiffness.statistics:
+            report.warnings.append(
+                f"{source}: stiffness.statistics: a rule reads "
+                f"{', '.join(sorted(rule_metrics(rules) & STATISTICS_METRICS))}, which is not "
+                "measured unless stiffness.statistics is true (and the probe has a training split)"
+            )
         for metric in sorted(sigma_metrics - METRICS_WITH_ERRORS):
             report.warnings.append(
                 f"{rules.source}: min_sigma on {metric} has no effect: standard errors exist "
@@ -195,6 +207,11 @@ def run_checks(config_path: str | Path) -> CheckReport:
         )
     except ProbeError as exc:
         report.problems.append(f"{source}: probe: {exc}")
+    if probe is not None and config.stiffness.statistics and not probe.has_splits:
+        report.warnings.append(
+            f"{source}: stiffness.statistics: the probe has no training split (a 'split' with "
+            "'train' and 'val' examples), so there are no gradient statistics to measure"
+        )
     if model is not None and probe is not None:
         problem = _check_output(model, probe, spec, config.stiffness.loss)
         if problem:

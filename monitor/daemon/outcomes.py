@@ -52,6 +52,13 @@ def export_evaluation(metrics: MonitorMetrics, evaluation: Evaluation, duration:
         finished_at=time.time(),
     )
     metrics.set_class_within(run, result.classes, result.cosine.per_class)
+    stats = result.statistics
+    metrics.statistics.set(
+        run,
+        None if stats is None else (
+            stats.gradient_disparity, stats.gsnr, stats.gsnr_median, stats.opposing_share
+        ),
+    )  # fmt: skip
     fields: dict[str, Any] = {
         "run": run,
         "step": evaluation.step,

@@ -24,6 +24,7 @@ from typing import IO
 
 import yaml
 
+from monitor.demo.pacing import Pacer
 from monitor.demo.summary import Progress, summarise
 from monitor.demo.trainer import steps_per_epoch
 from monitor.errors import ConfigError, MonitorError
@@ -115,6 +116,7 @@ def _stop(process: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
     """SIGTERM (the daemon's graceful stop), then SIGKILL if it does not end in time."""
     if process is None or process.poll() is not None:
         return
+    process.send_signal(signal.SIGCONT)  # paused by the pacer: it must run to end
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(grace)
@@ -213,8 +215,10 @@ def _follow(
     """Print progress until the trainer has ended and the daemon has seen every checkpoint."""
     deadline = time.monotonic() + options.timeout
     drained_by: float | None = None
+    pacer = Pacer(trainer, checkpoints)
     while True:
         evaluated = progress.poll()
+        pacer.update(evaluated)
         if daemon.poll() is not None:
             log = _tail(folder / "daemon.log")
             raise DemoError(f"the daemon exited with status {daemon.returncode}:\n{log}")

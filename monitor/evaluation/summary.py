@@ -72,6 +72,13 @@ def format_evaluation(evaluation: Evaluation) -> str:
         lines.extend(_matrix_lines(result.classes, result.cosine))
     if result.uncertainty:
         lines.append("            (± one jackknife standard error over the held-out examples)")
+    stats = result.statistics
+    if stats is not None:
+        lines.append(
+            f"training split: gradient disparity {_num(stats.gradient_disparity)}, GSNR "
+            f"{_num(stats.gsnr)} (median {_num(stats.gsnr_median)}), opposing share "
+            f"{_num(stats.opposing_share)} ({len(stats.suspect_labels)} suspect labels)"
+        )
     timing = ", ".join(f"{k} {v:.3f}s" for k, v in result.timings.items())
     lines.append(f"timings     {timing}")
     return "\n".join(lines)

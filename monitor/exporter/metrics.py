@@ -33,6 +33,7 @@ from prometheus_client import (
 from monitor import __version__
 from monitor.exporter.rule_readings import rule_readings
 from monitor.exporter.run_state import RunStateMetrics
+from monitor.exporter.statistics_metrics import StatisticsMetrics
 from monitor.rules.spec import RuleSet
 
 log = logging.getLogger("monitor.metrics")
@@ -118,6 +119,7 @@ class MonitorMetrics:
             "stiffness_checkpoint_step", "Training step of the latest evaluated checkpoint"
         )
         self.run_state = RunStateMetrics(r)  # attempt, stop and best checkpoint
+        self.statistics = StatisticsMetrics(r)  # the training split's gradient statistics
         self.early_stop = self.run_state.early_stop
         self.stop_pending = self.run_state.stop_pending
         self.discovered = counter(

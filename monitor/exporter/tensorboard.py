@@ -59,6 +59,8 @@ _PROBE = (
     ("train_probe_accuracy", "probe/train_accuracy"),
 )
 
+_STATISTICS = ("gradient_disparity", "gsnr", "gsnr_median", "opposing_share")
+
 
 class TensorBoardError(Exception):
     """A run's events could not be written or read; the message names the folder."""
@@ -110,6 +112,8 @@ def scalars(entry: BoardEntry) -> dict[str, float]:
     distance = _mapping(result.get("distance"))
     found.append(("stiffness/val-val/critical_length", _number(distance.get("critical_length"))))
     found.extend((tag, _number(result.get(key))) for key, tag in _PROBE)
+    statistics = _mapping(result.get("statistics"))  # the training split's, when measured
+    found.extend((f"statistics/{key}", _number(statistics.get(key))) for key in _STATISTICS)
     found.extend((f"rules/{rule}", 1.0 if stop else 0.0) for rule, stop in entry.verdicts.items())
     found.append((STOP_TAG, 1.0 if entry.stopped else 0.0))
     return {tag: value for tag, value in found if value is not None}

@@ -23,6 +23,7 @@ from typing import Any
 from monitor.report.history import RunHistory
 from monitor.report.panels import BEST_READER, Drawn
 from monitor.report.summary import summary_section
+from monitor.report.suspects import suspects_section
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
@@ -124,7 +125,8 @@ def run_section(history: RunHistory) -> str:
             f"<p class='note'>{history.unstepped} evaluation(s) without a training step are "
             "left out of the plots.</p>"
         )
-    parts += ["<h3>Every evaluation</h3>", _table(history), "</section>"]
+    parts += ["<h3>Every evaluation</h3>", _table(history)]
+    parts += [suspects_section(history), "</section>"]  # "" without gradient statistics
     return "\n".join(part for part in parts if part)
 
 

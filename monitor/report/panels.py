@@ -105,6 +105,19 @@ CATALOGUE: tuple[Panel, ...] = (
           (Series("critical_length", "critical length", "tab:red"),),
           "The input distance at which within-class stiffness first crosses zero (pair mode); "
           "it shrinks as the model memorises."),
+    Panel("gradient-disparity", "gradient disparity (training split)", "|mean g(A) − mean g(B)|",
+          (Series("gradient_disparity", "gradient disparity", TRAIN),),
+          "Distance between the mean gradients of two fixed halves of the probe's training "
+          "split (Forouzesh & Thiran 2021); it grows as the halves stop agreeing."),
+    Panel("gsnr", "GSNR (training split)", "mean(g)² / var(g)",
+          (Series("gsnr", "mean over parameters", TRAIN),
+           Series("gsnr_median", "median over parameters", TRAIN, "^", ":")),
+          "Gradient signal-to-noise ratio per parameter over the training split (Liu et al. "
+          "2020), summarised over the model."),
+    Panel("opposing-share", "opposing share (training split)", "share of examples",
+          (Series("opposing_share", "opposing their class", TRAIN),),
+          "Share of training examples whose gradient opposes their labelled classmates' "
+          "(negative mean cosine): the suspect labels below."),
 )  # fmt: skip
 #: The panel of each metric; pooled values join their panel only when a rule reads them.
 HOME = {metric: panel.key for panel in CATALOGUE for metric in (s.metric for s in panel.series)}

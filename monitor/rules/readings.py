@@ -39,12 +39,21 @@ _PATHS: dict[str, tuple[tuple[str, ...], bool]] = {
     "train_probe_accuracy": (("train_probe_accuracy",), True),
     # None is the documented "stiffness stays positive": a healthy value, not a divergence.
     "critical_length": (("distance", "critical_length"), False),
+    # The training split's gradient statistics: null (not measured) without a training split
+    # or with stiffness.statistics off; a measured statistic can be undefined (None) too.
+    "gradient_disparity": (("statistics", "gradient_disparity"), False),
+    "gsnr": (("statistics", "gsnr"), False),
+    "gsnr_median": (("statistics", "gsnr_median"), False),
+    "opposing_share": (("statistics", "opposing_share"), False),
 }
 
 _HINTS = {
     "sign": " (class mode?)",
     "train": " (no training split in the probe?)",
     "critical_length": " (no distance profile, or stiffness never crosses zero?)",
+    "gradient_disparity": " (no training split, or stiffness.statistics off?)",
+    "gsnr": " (no training split, or stiffness.statistics off?)",
+    "opposing_share": " (no training split, or stiffness.statistics off?)",
     "class_within": " (unknown label, or fewer than two usable examples?)",
 }
 

@@ -41,8 +41,14 @@ METRICS = frozenset(
         "train_probe_loss",
         "train_probe_accuracy",
         "critical_length",
+        "gradient_disparity",
+        "gsnr",
+        "gsnr_median",
+        "opposing_share",
     }
 )
+#: Metrics of the training split's gradient statistics (``stiffness.statistics``).
+STATISTICS_METRICS = frozenset({"gradient_disparity", "gsnr", "gsnr_median", "opposing_share"})
 #: A single class's diagonal entry: ``class_within:<label>``.
 CLASS_METRIC = re.compile(r"^class_within:(\d+)$")
 
@@ -257,5 +263,17 @@ def min_sigma_metrics(rules: RuleSet) -> set[str]:
         if isinstance(rule, (AllRule, AnyRule)):
             return set().union(*(walk(sub) for sub in rule.rules))
         return {rule.metric} if float(getattr(rule, "min_sigma", 0.0)) > 0 else set()
+
+    return set().union(*(walk(rule) for rule in rules.rules))
+
+
+def rule_metrics(rules: RuleSet) -> set[str]:
+    """The metric of every rule, at any depth."""
+
+    def walk(rule: Any) -> set[str]:
+        if isinstance(rule, (AllRule, AnyRule)):
+            return set().union(*(walk(sub) for sub in rule.rules))
+        metric = getattr(rule, "metric", None)
+        return {metric} if isinstance(metric, str) else set()
 
     return set().union(*(walk(rule) for rule in rules.rules))

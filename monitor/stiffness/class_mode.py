@@ -32,6 +32,7 @@ from monitor.stiffness.gradients import (
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.statistics import StatisticsTracker
 from monitor.stiffness.uncertainty import jackknife_within
 
 
@@ -68,12 +69,35 @@ def classmate_dots(
     ``examples`` limits the pass to examples [start, stop) (zero elsewhere): a distributed run
     gives each rank its own and sums the results.
     """
-    t = torch.zeros(layout.size, dtype=torch.float64)
     members = stats.usable & layout.held_out  # (N,)
-    for chunk in stream.chunks(*(examples or (0, layout.size))):
+    return slot_dots(stream, stats, sums, layout.class_index, members, examples)
+
+
+def slot_dots(
+    stream: ChunkStream,
+    stats: ExampleStats,
+    sums: torch.Tensor,
+    slots: torch.Tensor,
+    members: torch.Tensor,
+    examples: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """t_i = u_i·S_slot(i) - |u_i|² for every example in ``members`` (N,), zero elsewhere.
+
+    ``slots`` (N,) are the examples' rows in ``sums``: the held-out classes for the jackknife,
+    the training classes too for the opposing share (``statistics``), which shares the pass.
+    Only the span the members cover is streamed (within ``examples``): the probe is
+    split-major, so training examples alone are its tail.
+    """
+    size = int(slots.shape[0])
+    t = torch.zeros(size, dtype=torch.float64)
+    start, stop = examples or (0, size)
+    found = members[start:stop].nonzero().squeeze(1) + start
+    if not found.numel():
+        return t
+    for chunk in stream.chunks(int(found[0]), int(found[-1]) + 1):
         span = slice(chunk.start, chunk.stop)
         norms = stats.norms[span]
-        own = layout.class_index[span]
+        own = slots[span]
         if isinstance(chunk.grads, FactoredRows):  # g_i·S_a(i), parameter by parameter
             along = chunk.grads.project(sums, own.to(sums.device)) / norms
         else:
@@ -128,9 +152,11 @@ def class_sums(
     layout: ProbeLayout,
     stats: ExampleStats,
     examples: tuple[int, int] | None = None,
+    tracker: StatisticsTracker | None = None,
 ) -> ClassSums | None:
     """Stream examples [start, stop) (``examples``; the whole probe by default) once, adding each
-    usable example's unit gradient to its slot's sum. None when that is empty."""
+    usable example's unit gradient to its slot's sum. None when that is empty. A ``tracker``
+    sees every chunk before it is scaled (``statistics``)."""
     c = layout.num_classes
     sets = 2 if layout.has_splits else 1
     slot = layout.split * c + layout.class_index  # (N,) row of each example in the sums
@@ -139,6 +165,8 @@ def class_sums(
     counts = torch.zeros(sets * c, dtype=torch.int64)  # usable examples per slot
     for chunk in stream.chunks(*(examples or (0, layout.size))):
         norms, usable = stats.record(chunk)
+        if tracker is not None:
+            tracker.observe(chunk, usable)
         if sums is None:
             sums = _zeros_like_rows(chunk.grads, sets * c)
         keep = usable.nonzero().squeeze(1)  # (k,) local rows with a direction
@@ -207,20 +235,35 @@ def class_mode_result(
 
 
 def class_mode(
-    stream: ChunkStream, layout: ProbeLayout, stats: ExampleStats, uncertainty: bool = False
+    stream: ChunkStream,
+    layout: ProbeLayout,
+    stats: ExampleStats,
+    uncertainty: bool = False,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
     """Stream the probe once, accumulating class sums of unit gradients per split.
 
     With ``uncertainty`` a second pass gives the jackknife standard errors of the
-    within-class values (``monitor.stiffness.uncertainty``).
+    within-class values (``monitor.stiffness.uncertainty``). A ``tracker`` sees every chunk
+    of the first pass and gets the training examples' classmate sums from a second pass,
+    the jackknife's when both are asked for.
     """
-    found = class_sums(stream, layout, stats)
+    found = class_sums(stream, layout, stats, tracker=tracker)
     if found is None:  # an empty probe never gets here: the engine rejects it
         raise ValueError("class mode needs at least one example")
     products = dot64(found.sums, found.sums)  # (sets·C, P) x (sets·C, P) -> (sets·C, sets·C)
     errors: dict[str, float | None] = {}
-    if uncertainty:
-        c = layout.num_classes
+    c = layout.num_classes
+    if tracker is not None:
+        members = tracker.members(stats.usable)  # (N,) the training split's usable examples
+        if uncertainty:
+            members = members | (stats.usable & layout.held_out)
+        slots = layout.split * c + layout.class_index  # (N,) rows in the sums
+        t = slot_dots(stream, stats, found.sums, slots, members)
+        tracker.classmates(t)
+        if uncertainty:
+            errors = within_errors(t, layout, stats)
+    elif uncertainty:
         errors = within_errors(classmate_dots(stream, layout, stats, found.sums[:c]), layout, stats)
     self_terms, counts = found.self_terms, found.counts
     del found  # the sums: (sets·C, P) float64

@@ -14,14 +14,13 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from monitor.errors import EngineError
 from monitor.stiffness.backends import gradient_provider
-from monitor.stiffness.class_mode import class_mode
 from monitor.stiffness.gradients import (
     ChunkStream,
     ExampleStats,
@@ -29,10 +28,10 @@ from monitor.stiffness.gradients import (
     release_cached_memory,
 )
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
-from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.layout import ProbeLayout
 from monitor.stiffness.loss import labelled_examples
+from monitor.stiffness.modes import ModeRunner, run_mode
 from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, Objective, OutputSpec
-from monitor.stiffness.pair_mode import pair_mode
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.projection import projected
@@ -75,32 +74,6 @@ def class_ordered(probe: ProbeSet) -> tuple[ProbeSet, torch.Tensor]:
         source_indices=tuple(probe.source_indices[i] for i in order.tolist()),
     )  # fmt: skip
     return sorted_probe, order
-
-
-#: One pass of a mode over the probe: ``run_mode`` here, or a distributed one
-#: (``monitor.distributed``) that forms partial sums per process and adds them up. It must
-#: leave every example's norm, loss and correctness in ``stats``.
-ModeRunner = Callable[
-    [EngineOptions, ChunkStream, ProbeLayout, ExampleStats, torch.Tensor], ModeResult
-]
-
-
-def run_mode(
-    options: EngineOptions,
-    stream: ChunkStream,
-    layout: ProbeLayout,
-    stats: ExampleStats,
-    inputs: torch.Tensor,
-) -> ModeResult:
-    """One pass of the chosen mode over the probe, from fresh ``stats``.
-
-    All of it is retried with a halved chunk after a CUDA out-of-memory error anywhere
-    inside, not only in the provider: the hook backend's rows are factored, so most memory
-    is taken later, by the modes (materialised layers, class sums, Gram blocks), and a mode
-    stopped half-way has already added part of a chunk to its sums."""
-    if options.mode == "class":
-        return class_mode(stream, layout, stats, options.uncertainty)
-    return pair_mode(stream, layout, stats, inputs, options.distance_bins, options.memory_limit)
 
 
 def _widen_half_precision(model: nn.Module) -> None:
@@ -290,6 +263,7 @@ def _measure(
         pair_sets=part.pair_sets,
         distance=part.distance,
         uncertainty=part.uncertainty,
+        statistics=part.statistics,
         train_probe_loss=_mean(stats.losses, scored_train) if layout.has_splits else None,
         train_probe_accuracy=_mean(stats.correct, scored_train) if layout.has_splits else None,
         timings={

@@ -117,6 +117,9 @@ class EngineOptions:
     ``memory_limit`` caps, in bytes, what the engine keeps alive for per-example gradients.
     ``uncertainty`` asks class mode for jackknife standard errors of the within-class values
     (one more pass over the probe); pair mode always gives them, they are free there.
+    ``statistics`` asks for the training split's gradient statistics (disparity, GSNR,
+    opposing share: ``monitor.stiffness.statistics``; class mode pays one more pass over the
+    probe for the opposing share); without a training split there are none.
     ``loss`` is the per-example data loss: ``cross_entropy`` on (B, C) logits, or the
     sequence losses ``causal_lm`` and ``token_cross_entropy`` on (B, T, V) logits, which
     need the probe's ``token_targets``. ``projection`` (None: exact) computes stiffness
@@ -133,6 +136,7 @@ class EngineOptions:
     memory_limit: int | None = None
     uncertainty: bool = False
     backend: Backend = "auto"
+    statistics: bool = False
     loss: Loss = "cross_entropy"
     projection: Projection | None = None
 

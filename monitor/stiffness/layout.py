@@ -15,6 +15,7 @@ import torch
 from monitor.errors import EngineError
 from monitor.stiffness.inputs import ProbeSet
 from monitor.stiffness.result import ClassStiffness, DistanceProfile, PairSetStiffness
+from monitor.stiffness.statistics_result import GradientStatistics
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ModeResult:
     pair_sets: dict[str, PairSetStiffness] = field(default_factory=dict)
     distance: DistanceProfile | None = None
     uncertainty: dict[str, float | None] = field(default_factory=dict)
+    statistics: GradientStatistics | None = None  # the training split's (one process only)
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,13 +36,15 @@ class ProbeLayout:
 
     ``split`` (N,) int64 is 0 for held-out examples and 1 for training ones (always 0 when
     the probe has no splits, even if ``is_train`` is all True: the whole probe is then the
-    held-out set, as ``StiffnessResult`` documents).
+    held-out set, as ``StiffnessResult`` documents). ``source_indices`` are the examples'
+    positions in the probe file, in this order.
     """
 
     classes: tuple[int, ...]
     class_index: torch.Tensor
     split: torch.Tensor
     has_splits: bool
+    source_indices: tuple[int, ...] = ()
 
     @classmethod
     def from_probe(cls, probe: ProbeSet) -> ProbeLayout:
@@ -60,7 +64,7 @@ class ProbeLayout:
             split = probe.is_train.detach().cpu().to(torch.int64)
         else:
             split = torch.zeros_like(targets)
-        return cls(probe.classes, class_index, split, probe.has_splits)
+        return cls(probe.classes, class_index, split, probe.has_splits, probe.source_indices)
 
     @property
     def size(self) -> int:

@@ -22,6 +22,7 @@ from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.layout import ModeResult, ProbeLayout
 from monitor.stiffness.result import ClassStiffness, PairSetStiffness
+from monitor.stiffness.statistics import StatisticsTracker
 from monitor.stiffness.uncertainty import classmate_sums, jackknife_within
 
 DEFAULT_CACHE_BYTES = 2**30
@@ -46,13 +47,18 @@ def rows_nbytes(rows: Rows) -> int:
 
 
 def gram_matrix(
-    stream: ChunkStream, size: int, stats: ExampleStats, cache_bytes: int
+    stream: ChunkStream,
+    size: int,
+    stats: ExampleStats,
+    cache_bytes: int,
+    tracker: StatisticsTracker | None = None,
 ) -> torch.Tensor:
     """All g_i·g_j, (N, N) float64 on the host, caching at most ``cache_bytes`` of gradients.
 
     A panel grows chunk by chunk until the next chunk would pass the budget (it always
     holds at least one chunk); what it holds is whatever the backend's rows hold (a (b, P)
-    matrix, or factored rows with their materialised layers).
+    matrix, or factored rows with their materialised layers). A ``tracker`` sees each chunk
+    once, on the first sweep (later panels recompute chunks it has already seen).
     """
     gram = torch.zeros(size, size, dtype=torch.float64)
     start = 0
@@ -61,6 +67,8 @@ def gram_matrix(
         held, stop = 0, start
         for chunk in stream.chunks(start, size):
             g = clean_rows(chunk, stats)
+            if tracker is not None and start == 0:
+                tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
                 block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
                 gram[s:e, chunk.start : chunk.stop] = block
@@ -74,6 +82,8 @@ def gram_matrix(
                 break
         for chunk in stream.chunks(stop, size):  # recomputed once per panel
             g = clean_rows(chunk, stats)
+            if tracker is not None and start == 0:
+                tracker.observe(chunk, stats.usable[chunk.start : chunk.stop])
             for s, e, cached in panel:
                 block = dot64(cached, g)  # (b', P) x (b, P) -> (b', b)
                 gram[s:e, chunk.start : chunk.stop] = block
@@ -108,13 +118,16 @@ def pair_mode(
     inputs: torch.Tensor,
     bins: int,
     memory_limit: int | None,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
-    """Gram, then cosine and sign class matrices per pair set and the distance profile."""
+    """Gram, then cosine and sign class matrices per pair set and the distance profile; a
+    ``tracker`` gets its sums on the first sweep and its classmate sums from the cosines."""
     cache = memory_limit // 2 if memory_limit is not None else DEFAULT_CACHE_BYTES
     # Passed on, not held here: pair_mode_result frees it once cosine and sign are formed.
     return pair_mode_result(
-        gram_matrix(stream, layout.size, stats, cache), layout, stats, inputs, bins
-    )
+        gram_matrix(stream, layout.size, stats, cache, tracker), layout, stats, inputs, bins,
+        tracker,
+    )  # fmt: skip
 
 
 def pair_mode_result(
@@ -123,6 +136,7 @@ def pair_mode_result(
     stats: ExampleStats,
     inputs: torch.Tensor,
     bins: int,
+    tracker: StatisticsTracker | None = None,
 ) -> ModeResult:
     """Everything pairs give from the full (N, N) float64 Gram and every example's norm,
     wherever the Gram was formed (here, or in blocks on several processes)."""
@@ -137,6 +151,8 @@ def pair_mode_result(
     del gram
     held, train = layout.held_out & usable, layout.train & usable
     idx = layout.class_index
+    if tracker is not None:  # t_i over usable training classmates, straight from the Gram
+        tracker.classmates(classmate_sums(cosine, idx, train))
     pair_sets: dict[str, PairSetStiffness] = {}
     if layout.has_splits:
         for name, rows, cols in (("train-val", train, held), ("train-train", train, train)):

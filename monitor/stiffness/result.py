@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from monitor.stiffness.statistics_result import GradientStatistics
+
 Matrix = tuple[tuple[float | None, ...], ...]
 
 
@@ -227,6 +229,7 @@ class StiffnessResult:
     train_probe_accuracy: float | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
     uncertainty: Mapping[str, float | None] = field(default_factory=dict)
+    statistics: GradientStatistics | None = None  # the training split's; None without one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -246,12 +249,14 @@ class StiffnessResult:
             "device": self.device,
             "timings": {k: float(v) for k, v in self.timings.items()},
             "uncertainty": {k: _clean(v) for k, v in self.uncertainty.items()},
+            "statistics": self.statistics.to_dict() if self.statistics is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StiffnessResult:
         sign = data.get("sign")
         distance = data.get("distance")
+        statistics = data.get("statistics")
         return cls(
             mode=str(data["mode"]),
             classes=tuple(int(c) for c in data["classes"]),
@@ -272,4 +277,5 @@ class StiffnessResult:
             device=str(data.get("device", "cpu")),
             timings={k: float(v) for k, v in (data.get("timings") or {}).items()},
             uncertainty={k: _clean(v) for k, v in (data.get("uncertainty") or {}).items()},
+            statistics=GradientStatistics.from_dict(statistics) if statistics else None,
         )

@@ -55,15 +55,19 @@ def load_best_weights(model: Any, path: str | os.PathLike[str]) -> int:
     file holds weights the model does not have, or none of its own.
     """
     state = _state_dict(Path(path))
-    result = model.load_state_dict(state, strict=False)
+    current = model.state_dict()
     own = {name for name, _ in model.named_parameters(remove_duplicate=True)}
     own |= {name for name, _ in model.named_buffers()}
-    missing = [key for key in result.missing_keys if key in own]  # not a tied alias
-    if result.unexpected_keys or missing or not state:
-        shown = (result.unexpected_keys or missing)[:5]
+    unexpected = [key for key in state if key not in current]
+    missing = [key for key in own if key in current and key not in state]  # not tied aliases
+    misshapen = [key for key, value in state.items()
+                 if key in current and tuple(value.shape) != tuple(current[key].shape)]  # fmt: skip
+    if unexpected or missing or misshapen or not state:  # checked first: nothing half-loaded
+        shown = (misshapen or unexpected or missing)[:5]
         raise ValueError(
-            f"{path}: does not fit the model ({len(result.unexpected_keys)} unexpected, "
-            f"{len(missing)} missing key(s), e.g. {shown})"
+            f"{path}: does not fit the model ({len(unexpected)} unexpected, {len(missing)} "
+            f"missing, {len(misshapen)} misshapen key(s), e.g. {shown})"
         )
+    model.load_state_dict(state, strict=False)
     log.warning("restored the best weights from %s (%d tensors)", path, len(state))
     return len(state)

@@ -107,7 +107,7 @@ def test_problems_name_file_line_key_expected_and_found(tmp_path: Path) -> None:
         f"{path}:6: stiffness.batch_size: expected an integer, got 'lots'",
         f"{path}:7: stiffness.colour: unknown key (expected one of: mode, device, batch_size, "
         "precision, memory_limit, include, exclude, min_grad_norm, distance_bins, loss, "
-        "uncertainty, backend, ...)",
+        "uncertainty, backend, ...)",  # the first twelve of the section's keys
     ]
 
 

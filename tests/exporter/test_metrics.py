@@ -60,6 +60,10 @@ STIFFNESS_FAMILIES = {
     "stiffness_store_writable": "gauge",
     "stiffness_store_write_failures_total": "counter",
     "stiffness_tensorboard_write_failures_total": "counter",
+    "stiffness_gradient_disparity": "gauge",
+    "stiffness_gsnr": "gauge",
+    "stiffness_gsnr_median": "gauge",
+    "stiffness_opposing_share": "gauge",
 }
 PROCESS_FAMILIES = {
     "process_cpu_seconds_total": "counter",

@@ -609,6 +609,7 @@ def test_metric_value_reads_every_metric_from_a_real_result() -> None:
         PairSetStiffness,
         StiffnessResult,
     )
+    from monitor.stiffness.statistics_result import GradientStatistics
 
     def block(base: float) -> ClassStiffness:
         sums = [[base * 2, base, 0.0], [base, base * 4, 0.0], [0.0, 0.0, base * 6]]
@@ -629,6 +630,7 @@ def test_metric_value_reads_every_metric_from_a_real_result() -> None:
         counts=Counts(6, (2, 2, 2), 0, 3, 10),
         gradient_norms=(1.0,) * 6,
         uncertainty={"within_class": 0.01},
+        statistics=GradientStatistics(0.5, 2.5, 0.25, 10, 0.125, 3, (2, 1)),
     ).to_dict()
     expected = {
         "within_class": stored["cosine"]["within"],
@@ -647,6 +649,10 @@ def test_metric_value_reads_every_metric_from_a_real_result() -> None:
         "train_probe_loss": 0.75,
         "train_probe_accuracy": 0.9,
         "critical_length": 0.625,
+        "gradient_disparity": 0.5,
+        "gsnr": 2.5,
+        "gsnr_median": 0.25,
+        "opposing_share": 0.125,
     }
     assert set(expected) == METRICS
     for metric, value in expected.items():

@@ -107,3 +107,29 @@ def test_huggingface_restores_a_checkpoint_folder_when_the_stop_comes(tmp_path: 
     live = model.state_dict()
     assert saved and all(torch.equal(live[k], v) for k, v in saved.items())
     assert json.loads(stop_file.read_text())["best_checkpoint"]["step"] == 2
+
+
+def test_restore_best_loads_or_says_why_it_kept_the_weights(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitor.stopping.integrations.best import restore_best
+
+    torch.manual_seed(0)
+    best, live = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save(best.state_dict(), tmp_path / "best.pt")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "other.pt")
+    stop_file = tmp_path / "STOP"
+    since = 0.0
+
+    def info(path: Path) -> dict[str, Any]:
+        return {"best_checkpoint": {"path": str(path)}}
+
+    assert restore_best(live, stop_file, info(tmp_path / "gone.pt"), since) is None
+    assert restore_best(live, stop_file, info(tmp_path / "other.pt"), since) is None
+    assert not torch.equal(live.weight, best.weight)  # kept, not half-loaded
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("the last weights are kept" in e for e in errors)
+    assert "gone.pt" in errors[0] and "does not fit the model" in errors[1]
+    assert restore_best(live, stop_file, None, since) is None  # no stop file, no best file
+    loaded = restore_best(live, stop_file, info(tmp_path / "best.pt"), since)
+    assert loaded == str(tmp_path / "best.pt") and torch.equal(live.weight, best.weight)

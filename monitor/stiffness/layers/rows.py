@@ -24,7 +24,7 @@ import itertools
 import torch
 
 from monitor.stiffness.layers.grouping import Groups
-from monitor.stiffness.layers.uses import Factors, Use, ghost_cross, ghost_self, zeroed
+from monitor.stiffness.layers.uses import Factors, Outer, Use, ghost_cross, ghost_self, zeroed
 from monitor.stiffness.products import gram64, squared_norms
 
 
@@ -57,6 +57,11 @@ class ParamBlock:
     def ghost_norms(self) -> bool:
         forming = sum(u.steps * u.rows * u.cols for u in self.uses)
         return self._dense is None and self._ghost_cost() < forming
+
+    @property
+    def cached(self) -> bool:
+        """Whether the per-example gradients are already materialised (and kept)."""
+        return self._dense is not None
 
     @property
     def ghost_pairs(self) -> bool:
@@ -184,12 +189,27 @@ class FactoredRows:
     def project(self, sums: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """g_i·sums[slots_i] for each row i: (b,) float64 on the host."""
         total = torch.zeros(self.batch, dtype=torch.float64, device=self.device)
+        # A class-ordered chunk touches one or two slots: multiply every row with each of
+        # them, (b, numel) x (count, numel) -> (b, count), and keep each row's own, rather
+        # than gather sums[slots], a (b, numel) float64 copy per block.
+        present, own = torch.unique(slots, return_inverse=True)  # (count,), (b,)
+        rows = torch.arange(self.batch, device=self.device)
+        own = own.to(self.device)
         for block, cols in zip(self.blocks, self.columns, strict=True):
-            if block.uses:  # (b, numel) · (b, numel) summed per row
+            use = block.uses[0] if len(block.uses) == 1 else None
+            if isinstance(use, Outer) and not block.cached:
+                # ⟨L_iᵀR_i, S⟩ = Σ_t (L_it S)·R_it: (b·T, rows) @ (rows, cols) per slot, no
+                # per-example gradient formed (a Linear's, b·in·out, is most of the cost).
+                for k, target in enumerate(sums[present.to(sums.device), cols]):
+                    moved = use.left @ target.view(use.rows, use.cols).to(use.left.dtype)
+                    along = (moved * use.right).sum(dim=(1, 2), dtype=torch.float64)  # (b,)
+                    total += torch.where(own == k, along, 0.0)
+            elif block.uses:
                 # One block's rows at a time, dropped after use: kept on every block they
                 # would add up to the (b, P) matrix this backend exists to avoid.
-                dense = block.transient_rows().double()
-                total += (dense * sums[slots, cols]).sum(dim=1)
+                dense = block.transient_rows()
+                targets = sums[present.to(sums.device), cols].to(dense.dtype)  # (count, numel)
+                total += gram64(dense, targets)[rows, own]  # (b, count) -> (b,)
                 del dense
         return total.cpu()
 

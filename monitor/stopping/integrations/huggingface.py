@@ -34,7 +34,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from monitor.stopping.integrations.best import best_path
+from monitor.stopping.integrations.best import restore_best
 from monitor.stopping.trainer import read_stop_distributed
 
 log = logging.getLogger("monitor.integrations.huggingface")
@@ -88,14 +88,7 @@ class StiffnessStopCallback(_CallbackBase):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         model = kwargs.get("model")
         if self.restore_best_weights and self.stopped_at_step is not None and model is not None:
-            from monitor.stopping.restore import load_best_weights
-
-            path = best_path(self.stop_file, self.stop_info, self._since)
-            if path is None:
-                log.warning("restore_best_weights: no best checkpoint known; weights kept")
-            else:
-                load_best_weights(model, path)
-                self.restored_from = path
+            self.restored_from = restore_best(model, self.stop_file, self.stop_info, self._since)
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -33,7 +33,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from monitor.stopping.integrations.best import best_path
+from monitor.stopping.integrations.best import restore_best
 from monitor.stopping.trainer import read_stop
 
 log = logging.getLogger("monitor.integrations.lightning")
@@ -90,14 +90,8 @@ class StiffnessStopCallback(_CallbackBase):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.restore_best_weights and self.stopped_at_step is not None:
-            from monitor.stopping.restore import load_best_weights
-
-            path = best_path(self.stop_file, self.stop_info, self._since)
-            if path is None:
-                log.warning("restore_best_weights: no best checkpoint known; weights kept")
-                return
-            load_best_weights(pl_module, path)
-            self.restored_from = path
+            self.restored_from = restore_best(pl_module, self.stop_file, self.stop_info,
+                                              self._since)  # fmt: skip
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
