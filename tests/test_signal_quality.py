@@ -8,6 +8,7 @@ build the table and still choose the default that ``rules/default.yaml`` holds.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -25,17 +26,20 @@ from bench.signal_quality.outcomes import (
     Outcome,
     best_index,
     evaluate_rules,
+    has_collapsed,
     rule_stop,
     score,
+    smooth,
 )
-from bench.signal_quality.report import dominates, signal
+from bench.signal_quality.report import dominates, family, signal
 from bench.signal_quality.scenarios import SELECTION_SEEDS, Scenario, suite
-from bench.signal_quality.summary import TIE, choose, summarise
-from bench.signal_quality.training import run_scenario
+from bench.signal_quality.summary import TIE, choose, paired_difference, summarise
+from bench.signal_quality.training import _evaluator, _save, load_task, norm_summary, run_scenario
 from monitor.rules.spec import load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / "rules" / "probe_loss_patience.yaml"
+FREE = REPO / "rules" / "validation_free.yaml"
 
 # -- scoring, by hand -------------------------------------------------------------------------
 
@@ -77,6 +81,33 @@ def test_an_early_stop_within_a_point_is_early_but_not_costly() -> None:
     assert tiny.regret < COSTLY_REGRET
     big = score([1, 2, 3], [0.90, 0.95, 0.95], 0, healthy=True)
     assert big.early and big.costly_early
+
+
+def test_smoothed_regret_and_collapse_by_hand() -> None:
+    assert smooth([0.0, 0.5, 1.0, 0.5, 0.0]) == pytest.approx([0.5, 0.5, 0.4, 0.5, 0.5])
+    # One lucky checkpoint: raw regret counts it, the smoothed curve barely does.
+    test = [0.80] * 4 + [0.85] + [0.80] * 5
+    outcome = score(list(range(1, 11)), test, 8, healthy=False)
+    assert outcome.regret == pytest.approx(0.05)
+    assert outcome.smoothed_regret == pytest.approx(0.01)
+    assert has_collapsed([0.9, 0.5, 0.19], classes=10)
+    assert not has_collapsed([0.9, 0.5, 0.21], classes=10)
+    assert not has_collapsed([0.5, 0.2], classes=20)  # twice chance is 0.1 with 20 classes
+    assert has_collapsed([0.5, 0.09], classes=20)
+
+
+def test_the_paired_bootstrap_by_hand() -> None:
+    same = paired_difference([0.1, 0.2, 0.3], [0.0, 0.1, 0.2])
+    assert (same.mean, same.low, same.high) == pytest.approx((0.1, 0.1, 0.1))
+    assert same.excludes_zero
+    mixed = paired_difference([0.0, 0.0, 0.0, 0.0], [0.1, -0.1, 0.1, -0.1])
+    assert mixed.mean == pytest.approx(0.0) and mixed.low < 0 < mixed.high
+    assert not mixed.excludes_zero
+    # Pairing matters: large differences between runs, a steady gain within each.
+    a, b = [0.10, 0.50, 0.90, 0.30], [0.11, 0.51, 0.91, 0.31]
+    assert paired_difference(a, b).high < 0
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_difference([0.1], [])
 
 
 def test_the_oracle_takes_the_first_best_checkpoint() -> None:
@@ -122,6 +153,9 @@ def test_summaries_and_the_choice() -> None:
     }
     assert choose(summaries) == "thrifty"
     assert choose({"reckless": summaries["reckless"]}) == "reckless"  # fewest costly, if none clean
+    # Round two: up to the baseline's costly stops are allowed, then the lowest regret.
+    assert choose(summaries, baseline_costly=1) == "reckless"
+    assert choose(summaries, baseline_costly=0) == "thrifty"
 
 
 def test_rule_sets_are_sorted_by_the_signal_they_read() -> None:
@@ -132,6 +166,18 @@ def test_rule_sets_are_sorted_by_the_signal_they_read() -> None:
         "inline",
     )  # fmt: skip
     assert signal(both) == "stiffness + probe accuracy"
+    assert family(both) == "stiffness" and family(load_rules(BASELINE, BASELINE)) == "probe"
+    assert family(load_rules(FREE, FREE)) == "validation-free"
+    default = REPO / "rules" / "default.yaml"
+    assert family(load_rules(default, default)) == "training split"
+    assert signal(load_rules(default, default)) == "gradient statistics + probe loss"
+    # A held-out guard makes a training-split rule need held-out labels after all.
+    guarded = parse_rules(
+        [{"kind": "decline", "metric": "gradient_disparity", "mode": "min"},
+         {"kind": "non_finite", "metrics": ["probe_loss"]}],
+        "inline",
+    )  # fmt: skip
+    assert family(guarded) == "training split"
     healthy = {"a"}
     good, bad = (
         summarise([_outcome("a", r, 0.5, c)], healthy) for r, c in ((0.01, False), (0.02, True))
@@ -170,17 +216,71 @@ def test_rules_are_replayed_by_the_product_engine() -> None:
 
 def test_splits_are_disjoint_noise_hits_training_only() -> None:
     splits = data.digits(noise=0.4, seed=3)
-    assert torch.bincount(splits.probe_y).tolist() == [40] * 10
+    held = ~splits.probe_is_train
+    assert torch.bincount(splits.probe_y[held]).tolist() == [40] * 10
+    assert torch.bincount(splits.probe_y[splits.probe_is_train]).tolist() == [75] * 10
     assert len(splits.test_y) == 400
-    rows = {tuple(x.tolist()) for x in splits.probe_x}
-    assert not rows & {tuple(x.tolist()) for x in splits.test_x}
+    test_rows = {tuple(x.tolist()) for x in splits.test_x}
+    train_rows = {tuple(x.tolist()) for x in splits.train_x}
+    held_rows = {tuple(x.tolist()) for x in splits.probe_x[held]}
+    assert not held_rows & test_rows and not held_rows & train_rows
+    # The training half is training examples, with the labels the trainer used.
+    pairs = zip(splits.train_x, splits.train_y, strict=True)
+    labelled = {tuple(x.tolist()): int(y) for x, y in pairs}
+    half = splits.probe_is_train
+    for x, y in zip(splits.probe_x[half], splits.probe_y[half], strict=True):
+        assert labelled[tuple(x.tolist())] == int(y)
+    assert not bool(splits.probe_mislabelled[held].any())
     assert splits.noisy == pytest.approx(0.4 * len(splits.train_y), rel=0.15)
     clean = data.digits(noise=0.0, seed=3)
     assert torch.equal(clean.train_x, splits.train_x)  # same split, only labels differ
     assert int((clean.train_y != splits.train_y).sum()) == splits.noisy  # always a wrong class
-    assert torch.equal(clean.probe_y, splits.probe_y) and torch.equal(clean.test_y, splits.test_y)
-    synthetic = data.synthetic(noise=0.2, seed=0)
-    assert synthetic.classes == 20 and torch.bincount(synthetic.probe_y).tolist() == [25] * 20
+    assert torch.equal(clean.test_y, splits.test_y)
+    pair = data.digits(noise=0.4, seed=3, kind="pair")
+    moved = pair.train_y != clean.train_y
+    assert torch.equal(pair.train_y[moved], (clean.train_y[moved] + 1) % 10)  # c -> c+1
+    overlap = data.overlap(noise=0.2, seed=0)
+    assert overlap.classes == 10 and len(overlap.test_y) == 5000
+    assert torch.bincount(overlap.probe_y[~overlap.probe_is_train]).tolist() == [40] * 10
+    assert torch.bincount(overlap.probe_y[overlap.probe_is_train]).tolist() == [100] * 10
+
+
+def test_the_norm_summary_maps_examples_back_by_hand(tmp_path: Path) -> None:
+    """Per-example gradient norms against one backward per example, split and mislabelled
+    examples named by the benchmark's own masks (the result follows the sampled probe's
+    order, not the file's: this caught a mapping through the class-sorted copy)."""
+    scenario = Scenario("digits", 0.4, "adam", "high", "mlp", seed=1)
+    splits = load_task(scenario)
+    evaluator = _evaluator(scenario, splits, tmp_path)
+    torch.manual_seed(0)
+    model = evaluator._model
+    assert model is not None
+    with torch.no_grad():  # a trained-looking model: weights far from their init
+        for parameter in model.parameters():
+            parameter.mul_(3.0)
+    evaluation = evaluator.evaluate(_save(model, 10, 1, tmp_path), run="x").to_dict()
+    reference = copy.deepcopy(model).double()  # torch's fp32 loss rounds fitted examples
+    by_hand = []
+    for x, y in zip(splits.probe_x.double(), splits.probe_y, strict=True):
+        reference.zero_grad()
+        torch.nn.functional.cross_entropy(reference(x[None]), y[None]).backward()
+        by_hand.append(float(sum((p.grad**2).sum() for p in reference.parameters())) ** 0.5)
+    from monitor.probe.sampling import load_probe
+
+    sampled = load_probe(evaluator.config.probe).source_indices  # 40 per class and split
+    assert len(sampled) == 800 and len(set(sampled)) == 800
+    summary = norm_summary(evaluation, splits, sampled)
+    wrong = [bool(splits.probe_mislabelled[i]) for i in sampled]
+    train = [bool(splits.probe_is_train[i]) for i in sampled]
+    by_hand = [by_hand[i] for i in sampled]
+    mislabelled = [n for n, w in zip(by_hand, wrong, strict=True) if w]
+    clean = [n for n, w, t in zip(by_hand, wrong, train, strict=True) if t and not w]
+    assert summary["train_mislabelled"] == pytest.approx(
+        sum(mislabelled) / len(mislabelled), rel=1e-5
+    )
+    assert summary["train_clean"] == pytest.approx(sum(clean) / len(clean), rel=1e-5)
+    val = [n for n, t in zip(by_hand, train, strict=True) if not t]
+    assert summary["val"] == pytest.approx(sum(val) / len(val), rel=1e-5)
 
 
 def test_a_tiny_run_end_to_end_through_evaluator_and_rules() -> None:
@@ -195,8 +295,21 @@ def test_a_tiny_run_end_to_end_through_evaluator_and_rules() -> None:
         evaluation = checkpoint["evaluation"]
         assert evaluation["step"] == checkpoint["step"]  # read back from the checkpoint file
         assert evaluation["mode"] == "class" and evaluation["classes"] == list(range(10))
-        assert evaluation["counts"]["examples"] == 400  # the whole clean probe
+        assert evaluation["counts"]["examples"] == 800  # 40 per class and split
+        assert evaluation["counts"]["train_examples"] == 400
         assert -1.0 <= evaluation["cosine"]["within"] <= 1.0
+        for pair_set in ("train-val", "train-train"):
+            assert -1.0 <= evaluation["pair_sets"][pair_set]["cosine"]["within"] <= 1.0
+        assert evaluation["train_probe_loss"] > 0 and evaluation["statistics"]["halves"] == [
+            200,
+            200,
+        ]
+        assert evaluation["statistics"]["gradient_disparity"] > 0
+        assert (
+            0
+            <= evaluation["statistics"]["suspects_mislabelled"]
+            <= evaluation["statistics"]["suspects"]
+        )
         assert evaluation["uncertainty"]["within_class"] > 0  # jackknife, for min_sigma
         assert 0.0 <= checkpoint["test_accuracy"] <= 1.0
     assert checkpoints[-1]["test_accuracy"] > 0.5  # the MLP learns digits in 3 epochs
@@ -226,9 +339,11 @@ def test_the_table_builds_from_the_cache_and_chooses_the_shipped_default(tmp_pat
     assert main([*arguments, "--seeds", *seeds]) == 0
     assert benchmarks.read_text().startswith("# Benchmarks\n\n" + BEGIN)
     text = out.read_text()
-    assert "2026-11-24" in text and "2-core CPU container" in text
+    assert "2026-12-05" in text and "2-core CPU container" in text
     assert "`rules/default.yaml` holds exactly these rules." in text
-    for label in ("oracle", "default", "probe_loss_patience", "no rule (run to the end)"):
+    assert "`rules/validation_free.yaml` holds exactly these rules." in text
+    for label in ("oracle", "default", "validation_free", "probe_loss_patience",
+                  "no rule (run to the end)"):  # fmt: skip
         assert f"| `{label}` |" in text
     with table.open() as handle:
         rows = list(csv.DictReader(handle))

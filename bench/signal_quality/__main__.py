@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.signal_quality.build import CACHE, build, load_histories
-from bench.signal_quality.outcomes import Outcome, evaluate_rules, load_rule_files, score
+from bench.signal_quality.outcomes import (
+    Outcome,
+    evaluate_rules,
+    has_collapsed,
+    load_rule_files,
+    score,
+)
 from bench.signal_quality.report import render
 from bench.signal_quality.scenarios import HELD_OUT_SEEDS, SELECTION_SEEDS, suite
 from bench.signal_quality.table import END, ORACLE
@@ -27,9 +33,10 @@ OUT = REPO / "bench" / "signal_quality.md"
 BENCHMARKS = REPO / "BENCHMARKS.md"
 BEGIN = "<!-- signal-quality: begin (written by python -m bench.signal_quality) -->"
 FINISH = "<!-- signal-quality: end -->"
-COLUMNS = ("rules", "scenario", "task", "arch", "optimizer", "lr_level", "noise", "seed",
-           "stopped", "stop_step", "stop_epoch", "last_step", "test_at_stop", "best_step",
-           "best_test", "regret", "saved", "early", "costly_early")  # fmt: skip
+COLUMNS = ("rules", "scenario", "task", "arch", "optimizer", "lr_level", "noise", "noise_kind",
+           "seed", "collapsed", "stopped", "stop_step", "stop_epoch", "last_step",
+           "test_at_stop", "best_step", "best_test", "regret", "smoothed_regret", "saved",
+           "early", "costly_early")  # fmt: skip
 
 
 def write_csv(
@@ -45,10 +52,12 @@ def write_csv(
                 s = runs[o.scenario]["scenario"]
                 last = runs[o.scenario]["checkpoints"][-1]["step"]
                 writer.writerow([label, o.scenario, s["task"], s["arch"], s["optimizer"],
-                                 s["lr_level"], s["noise"], s["seed"], o.stop_index is not None,
-                                 o.stop_step, o.stop_epoch, last, f"{o.test_at_stop:.4f}",
-                                 o.best_step, f"{o.best_test:.4f}", f"{o.regret:.4f}",
-                                 f"{o.saved:.4f}", o.early, o.costly_early])  # fmt: skip
+                                 s["lr_level"], s["noise"], s["noise_kind"], s["seed"],
+                                 o.collapsed, o.stop_index is not None, o.stop_step,
+                                 o.stop_epoch, last, f"{o.test_at_stop:.4f}", o.best_step,
+                                 f"{o.best_test:.4f}", f"{o.regret:.4f}",
+                                 f"{o.smoothed_regret:.4f}", f"{o.saved:.4f}", o.early,
+                                 o.costly_early])  # fmt: skip
 
 
 def benchmarks_section(report: str) -> str:
@@ -73,13 +82,16 @@ def splice(document: str, section: str) -> str:
 def run_to_end(history: dict[str, Any]) -> Outcome:
     """The reference with no rule: the run delivers its last checkpoint."""
     checkpoints = history["checkpoints"]
+    test = [float(c["test_accuracy"]) for c in checkpoints]
+    classes = len(checkpoints[0]["evaluation"].get("classes") or [0, 1])
     return score(
         [int(c["step"]) for c in checkpoints],
-        [float(c["test_accuracy"]) for c in checkpoints],
+        test,
         None,
         history["scenario"]["noise"] == 0.0,
         history["scenario"]["name"],
         END,
+        has_collapsed(test, classes),
     )
 
 

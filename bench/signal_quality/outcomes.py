@@ -5,6 +5,9 @@ so the benchmark scores the engine users run, not a re-implementation. The scori
 arithmetic on (step, test accuracy) pairs, kept apart so it can be checked by hand:
 
 - regret: best test accuracy of the run minus the test accuracy at the stop (0 is perfect);
+- smoothed regret: the same on the test curve smoothed by a centred mean over
+  ``SMOOTHING`` checkpoints, so that one lucky checkpoint at the top of a plateau (on digits a
+  point is 4 test examples) does not decide a rule's score;
 - saved: the share of the run's optimizer steps after the stop (0 when it never stops);
 - early: a run without label noise stopped before its best checkpoint; *costly* when that
   also lost more than ``COSTLY_REGRET`` of test accuracy (stopping one checkpoint before a
@@ -23,6 +26,11 @@ from monitor.rules.spec import RuleSet, load_rules
 
 #: An early stop on a healthy run that loses more than this (accuracy, 0..1) is costly.
 COSTLY_REGRET = 0.01
+#: Checkpoints in the centred mean that smooths the test curve (fewer at the ends).
+SMOOTHING = 5
+#: A run whose last checkpoint is below this multiple of chance accuracy has collapsed (the
+#: learning rate broke it), which memorising noisy labels never does on these tasks.
+COLLAPSE_CHANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,22 @@ class Outcome:
     saved: float
     early: bool
     costly_early: bool
+    smoothed_regret: float = 0.0
+    collapsed: bool = False
+
+
+def smooth(test: Sequence[float], width: int = SMOOTHING) -> list[float]:
+    """The centred mean over ``width`` checkpoints (truncated at both ends)."""
+    half = width // 2
+    return [
+        sum(test[max(0, i - half) : i + half + 1]) / len(test[max(0, i - half) : i + half + 1])
+        for i in range(len(test))
+    ]
+
+
+def has_collapsed(test: Sequence[float], classes: int) -> bool:
+    """The run ends below ``COLLAPSE_CHANCE`` times chance accuracy."""
+    return bool(test) and test[-1] < COLLAPSE_CHANCE / classes
 
 
 def best_index(test: Sequence[float]) -> int:
@@ -58,6 +82,7 @@ def score(
     healthy: bool,
     scenario: str = "",
     rules: str = "",
+    collapsed: bool = False,
 ) -> Outcome:
     """Score a stop at ``stop_index`` (None: ran to the end) on one run's checkpoints."""
     if len(steps) != len(test) or not steps:
@@ -70,6 +95,7 @@ def score(
     best = best_index(test)
     regret = test[best] - test[at]
     early = healthy and at < best
+    smoothed = smooth(test)
     return Outcome(
         scenario=scenario,
         rules=rules,
@@ -83,6 +109,8 @@ def score(
         saved=(steps[-1] - steps[at]) / steps[-1],
         early=early,
         costly_early=early and regret > COSTLY_REGRET,
+        smoothed_regret=max(smoothed) - smoothed[at],
+        collapsed=collapsed,
     )
 
 
@@ -100,7 +128,9 @@ def evaluate_rules(label: str, rule_set: RuleSet | None, history: dict[str, Any]
     test = [float(c["test_accuracy"]) for c in checkpoints]
     index = best_index(test) if rule_set is None else rule_stop(rule_set, history)
     scenario = history["scenario"]
-    return score(steps, test, index, scenario["noise"] == 0.0, scenario["name"], label)
+    classes = len(checkpoints[0]["evaluation"].get("classes") or [0, 1])
+    return score(steps, test, index, scenario["noise"] == 0.0, scenario["name"], label,
+                 has_collapsed(test, classes))  # fmt: skip
 
 
 def load_rule_files(paths: Sequence[Path]) -> dict[str, RuleSet]:

@@ -2,7 +2,8 @@
 
 Regrets and savings are printed in percentage points / percent; "early" counts healthy runs
 (no label noise) stopped before their best checkpoint, "costly" those that lost more than a
-point of test accuracy by it.
+point of test accuracy by it. Runs that collapse are scored apart (``collapsed``): their own
+column, and out of every other aggregate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from bench.signal_quality.outcomes import Outcome
 from bench.signal_quality.summary import Summary, summarise
 
-DATE = "2026-11-24"
+DATE = "2026-12-05"
 MACHINE = "2-core CPU container"
 ORACLE, END = "oracle", "no rule (run to the end)"
 
@@ -31,26 +32,29 @@ def headline(
     groups: Mapping[str, set[str]],
     healthy: set[str],
     kinds: Mapping[str, str],
+    collapsed: set[str],
 ) -> list[str]:
-    """One row per rule set; per group of runs (selection / held-out seeds): mean regret,
-    mean saved, early/costly stops on healthy runs; then max regret and stops over all runs."""
+    """One row per rule set; per group of runs (selection / held-out seeds), over the runs
+    that did not collapse: mean regret against the best checkpoint and against the smoothed
+    curve, mean saved, early/costly stops on healthy runs; then the collapsed runs apart."""
     head = ["rule set", "kind"]
     for group in groups:
-        head += [f"{group}: mean regret (pp)", f"{group}: saved (%)", f"{group}: early / costly"]
-    head += ["all: median / max regret (pp)", "all: stopped"]
+        head += [f"{group}: mean regret (pp)", f"{group}: smoothed regret (pp)",
+                 f"{group}: saved (%)", f"{group}: early / costly"]  # fmt: skip
+    head += [f"collapsed runs ({len(collapsed)}, all seeds): mean regret (pp)"]
     lines = [_row(head), _row(["---"] * len(head))]
     for label, outcomes in results.items():
         cells = [f"`{label}`", kinds.get(label, "")]
         for names in groups.values():
-            part = summarise([o for o in outcomes if o.scenario in names], healthy)
+            part = summarise([o for o in outcomes if o.scenario in names - collapsed], healthy)
             cells += [
                 pct(part.mean_regret),
+                pct(part.mean_smoothed_regret),
                 pct(part.mean_saved),
                 f"{part.early} / {part.costly_early} of {part.healthy}",
             ]
-        whole = summarise(outcomes, healthy)
-        cells += [f"{pct(whole.median_regret)} / {pct(whole.max_regret)}",
-                  f"{whole.stopped} of {whole.runs}"]  # fmt: skip
+        fallen = [o for o in outcomes if o.scenario in collapsed]
+        cells.append(pct(summarise(fallen, healthy).mean_regret) if fallen else "-")
         lines.append(_row(cells))
     return lines
 
@@ -60,9 +64,10 @@ def by_factor(
     scenarios: Mapping[str, Mapping[str, Any]],
     healthy: set[str],
 ) -> list[str]:
-    """Mean regret / saved per level of each factor, for the given rule sets, over all seeds."""
+    """Mean regret / saved per level of each factor, for the given rule sets, over all seeds
+    (``scenarios``: the runs to include, collapsed ones left out by the caller)."""
     factors: dict[str, Callable[[Mapping[str, Any]], str]] = {
-        "noise": lambda s: f"noise {round(100 * s['noise'])}%",
+        "noise": lambda s: str(s["noise_label"]),
         "task": lambda s: str(s["task"]),
         "model": lambda s: str(s["arch"]),
         "optimizer": lambda s: str(s["optimizer"]),
@@ -98,7 +103,8 @@ def per_run(
         name = history["scenario"]["name"]
         oracle = by_name[ORACLE][name]
         checkpoints = history["checkpoints"]
-        cells = [name, str(len(checkpoints)),
+        mark = " (collapsed)" if oracle.collapsed else ""
+        cells = [name + mark, str(len(checkpoints)),
                  f"{oracle.stop_epoch}, {pct(oracle.best_test)}",
                  pct(float(checkpoints[-1]["test_accuracy"]))]  # fmt: skip
         for label in labels:

@@ -159,6 +159,7 @@ def run_checks(config_path: str | Path) -> CheckReport:
         return report
     source = config.source
     report.notes.append(f"config      {source}")
+    optional: set[str] = set()  # statistics the rules can do without (``skip_unmeasured``)
     try:
         text = source.read_text(encoding="utf-8")
         rules = load_rules(config.rules, source, text)
@@ -169,11 +170,18 @@ def run_checks(config_path: str | Path) -> CheckReport:
                 f"{source}: stiffness.uncertainty: a rule uses min_sigma, which has no effect "
                 "unless class mode computes standard errors (set stiffness.uncertainty: true)"
             )
-        if rule_metrics(rules) & STATISTICS_METRICS and not config.stiffness.statistics:
+        required = rule_metrics(rules, required_only=True) & STATISTICS_METRICS
+        optional = (rule_metrics(rules) & STATISTICS_METRICS) - required
+        if required and not config.stiffness.statistics:
             report.warnings.append(
-                f"{source}: stiffness.statistics: a rule reads "
-                f"{', '.join(sorted(rule_metrics(rules) & STATISTICS_METRICS))}, which is not "
-                "measured unless stiffness.statistics is true (and the probe has a training split)"
+                f"{source}: stiffness.statistics: a rule reads {', '.join(sorted(required))}, "
+                "which is not measured unless stiffness.statistics is true (and the probe has "
+                "a training split)"
+            )
+        if optional and not config.stiffness.statistics:
+            report.notes.append(
+                f"rules       {', '.join(sorted(optional))} not measured (stiffness.statistics "
+                "is off): the rules that read it fall back to their other sub-rules"
             )
         for metric in sorted(sigma_metrics - METRICS_WITH_ERRORS):
             report.warnings.append(
@@ -211,6 +219,11 @@ def run_checks(config_path: str | Path) -> CheckReport:
         report.warnings.append(
             f"{source}: stiffness.statistics: the probe has no training split (a 'split' with "
             "'train' and 'val' examples), so there are no gradient statistics to measure"
+        )
+    elif probe is not None and optional and config.stiffness.statistics:
+        report.notes.append(
+            f"rules       {', '.join(sorted(optional))} measured (stiffness.statistics on, "
+            "the probe has a training split): the rules that read it use it"
         )
     if model is not None and probe is not None:
         problem = _check_output(model, probe, spec, config.stiffness.loss)

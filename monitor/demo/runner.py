@@ -80,7 +80,8 @@ def prepare_workdir(folder: Path) -> None:
 
 
 def write_config(folder: Path, options: DemoOptions) -> Path:
-    """The generated config: pair mode (sign, train-val and distance data for the report)."""
+    """The generated config: pair mode (sign, train-val and distance data for the report),
+    gradient statistics on (the shipped default reads the training split's disparity)."""
     config = {
         "model": {"factory": "monitor.demo.trainer:build_mlp", "kwargs": {"hidden": 64}},
         "probe": {
@@ -88,7 +89,7 @@ def write_config(folder: Path, options: DemoOptions) -> Path:
             "kwargs": {"noise": options.noise, "seed": options.seed},
             "per_class": options.per_class,
         },
-        "stiffness": {"mode": "pair", "device": "cpu", "batch_size": 128},
+        "stiffness": {"mode": "pair", "device": "cpu", "batch_size": 128, "statistics": True},
         "runs": [{"name": RUN, "path": "checkpoints", "patterns": ["step_*.pt"]}],
         "watch": {"settle_seconds": 0.2, "poll_interval": 0.2, "rescan_interval": 5},
         "rules": str(shipped_rules_path()),

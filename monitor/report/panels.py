@@ -88,6 +88,10 @@ CATALOGUE: tuple[Panel, ...] = (
           _pair("", "train_val_within_class", "train_val_between_class"),
           "Stiffness between the probe's training split and its held-out examples: how much a "
           "step on a training example helps an unseen one.", zero_line=True),
+    Panel("train-train", "cosine stiffness (train-train)", "mean stiffness",
+          _pair("", "train_train_within_class", "train_train_between_class"),
+          "Stiffness among the probe's training examples, with the labels the trainer used: "
+          "how much a step on one helps another.", zero_line=True),
     Panel("train-val-sign", "sign stiffness (train-val)", "mean stiffness",
           _pair("", "train_val_sign_within_class", "train_val_sign_between_class"),
           "Sign stiffness between the training split and the held-out examples.",
@@ -101,6 +105,10 @@ CATALOGUE: tuple[Panel, ...] = (
           (Series("probe_accuracy", "held-out probe", PROBE),
            Series("train_probe_accuracy", "training split", TRAIN, "^", ":")),
           "Accuracy on the held-out probe (and on its training split, when it has one)."),
+    Panel("loss-gap", "loss gap (training split − held-out)", "cross-entropy difference",
+          (Series("train_val_loss_gap", "training split − held-out", TRAIN),),
+          "The probe's training-split loss minus its held-out loss; with noisy labels it "
+          "shrinks once the model starts to memorise them.", zero_line=True),
     Panel("critical-length", "critical length", "input distance 1 − cos(x1, x2)",
           (Series("critical_length", "critical length", "tab:red"),),
           "The input distance at which within-class stiffness first crosses zero (pair mode); "

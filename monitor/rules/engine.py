@@ -99,19 +99,27 @@ class Combinator(Runner):
     def __init__(self, spec: AllRule | AnyRule, name: str) -> None:
         super().__init__(name)
         self.kind = spec.kind
+        self.skip_unmeasured = isinstance(spec, AllRule) and spec.skip_unmeasured
         self.children = [build_runner(sub, rule_name(sub, i)) for i, sub in enumerate(spec.rules)]
 
     def observe(self, step: int | None, result: Mapping[str, Any]) -> Verdict:
         self.evaluations += 1
         verdicts = [child.observe(step, result) for child in self.children]
-        says = sum(v.stop for v in verdicts)
-        stop = says == len(verdicts) if self.kind == "all" else says > 0
+        counted = [v for v in verdicts if v.measured or not self.skip_unmeasured]
+        says = sum(v.stop for v in counted)
+        stop = bool(counted) and says == len(counted) if self.kind == "all" else says > 0
         need = "all must" if self.kind == "all" else "one is enough"
+        skipped = len(verdicts) - len(counted)
+        left_out = f", {skipped} left out as not measured" if skipped else ""
         details = " ".join(
             f"[{c.name}: {'stop' if v.stop else 'go on'}] {v.reason}"
             for c, v in zip(self.children, verdicts, strict=True)
         )
-        return Verdict(stop, f"{says} of {len(verdicts)} sub-rules say stop ({need}). {details}")
+        return Verdict(
+            stop,
+            f"{says} of {len(counted)} sub-rules say stop ({need}{left_out}). {details}",
+            measured=any(v.measured for v in verdicts),
+        )
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "rules": [child.state() for child in self.children]}

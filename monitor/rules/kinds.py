@@ -45,8 +45,12 @@ RuleSpec = DeclineRule | SlopeRule | ThresholdRule | NonFiniteRule | AllRule | A
 
 @dataclass(frozen=True)
 class Verdict:
+    """``measured``: False when the rule's metric was not measured by this evaluation at all
+    (as opposed to measured and not finite), which ``all`` with ``skip_unmeasured`` reads."""
+
     stop: bool
     reason: str
+    measured: bool = True
 
 
 def where(step: int | None, index: int) -> str:
@@ -109,6 +113,7 @@ class Tracked(Runner):
                 False,
                 f"{what.capitalize()} for {self.spec.metric}{hint} at {where(step, index)}; "
                 "this rule skipped the evaluation.",
+                measured=reading.value is not None or reading.expected,
             )
         self.seen += 1
         self.value = reading.value

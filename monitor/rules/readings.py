@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.rules.spec import CLASS_METRIC, Smoothing
+from monitor.rules.spec import CLASS_METRIC, LOSS_GAP, Smoothing
 
 # metric -> (path into the result, whether None means "non-finite" once the path's container
 # exists). Between-class values also need two classes; handled in ``metric_reading``.
@@ -33,6 +33,8 @@ _PATHS: dict[str, tuple[tuple[str, ...], bool]] = {
     "train_val_between_class": (("pair_sets", "train-val", "cosine", "between"), True),
     "train_val_sign_within_class": (("pair_sets", "train-val", "sign", "within"), True),
     "train_val_sign_between_class": (("pair_sets", "train-val", "sign", "between"), True),
+    "train_train_within_class": (("pair_sets", "train-train", "cosine", "within"), True),
+    "train_train_between_class": (("pair_sets", "train-train", "cosine", "between"), True),
     "probe_loss": (("probe_loss",), True),
     "probe_accuracy": (("probe_accuracy",), True),
     "train_probe_loss": (("train_probe_loss",), True),
@@ -99,6 +101,8 @@ def metric_reading(result: Mapping[str, Any], metric: str) -> Reading:
             return Reading(None, False)
         index = classes.index(label)
         return Reading(_number(per_class[index]) if index < len(per_class) else None, False)
+    if metric == LOSS_GAP:
+        return _loss_gap(result)
     if metric not in _PATHS:
         return Reading(None, False)
     path, expected = _PATHS[metric]
@@ -114,6 +118,15 @@ def metric_reading(result: Mapping[str, Any], metric: str) -> Reading:
     if "between" in metric and len(result.get("classes") or []) < 2:
         expected = False  # one class has no off-diagonal
     return Reading(_number(node[path[-1]]), expected)
+
+
+def _loss_gap(result: Mapping[str, Any]) -> Reading:
+    """The training split's loss minus the held-out loss. Non-finite when either loss is."""
+    train = metric_reading(result, "train_probe_loss")
+    held = metric_reading(result, "probe_loss")
+    if train.value is None or held.value is None:
+        return Reading(None, train.expected and held.expected)
+    return Reading(train.value - held.value, True)
 
 
 def metric_value(result: Mapping[str, Any], metric: str) -> float | None:

@@ -36,10 +36,13 @@ METRICS = frozenset(
         "train_val_between_class",
         "train_val_sign_within_class",
         "train_val_sign_between_class",
+        "train_train_within_class",
+        "train_train_between_class",
         "probe_loss",
         "probe_accuracy",
         "train_probe_loss",
         "train_probe_accuracy",
+        "train_val_loss_gap",
         "critical_length",
         "gradient_disparity",
         "gsnr",
@@ -47,6 +50,9 @@ METRICS = frozenset(
         "opposing_share",
     }
 )
+#: The training split's probe loss minus the held-out probe loss (issue 15's pilot: it holds
+#: while the model fits the clean examples, and shrinks once it memorises noisy labels).
+LOSS_GAP = "train_val_loss_gap"
 #: Metrics of the training split's gradient statistics (``stiffness.statistics``).
 STATISTICS_METRICS = frozenset({"gradient_disparity", "gsnr", "gsnr_median", "opposing_share"})
 #: A single class's diagonal entry: ``class_within:<label>``.
@@ -142,11 +148,18 @@ class NonFiniteRule(_Strict):
 
 
 class AllRule(_Strict):
-    """Stop when every sub-rule says stop at the same evaluation."""
+    """Stop when every sub-rule says stop at the same evaluation.
+
+    ``skip_unmeasured``: a sub-rule whose metric this evaluation did not measure (gradient
+    statistics with ``stiffness.statistics`` off, a train metric without a training split)
+    is left out, and the rest decide; with none measured, nothing stops. So one rule set can
+    use a signal where it exists and fall back to its other sub-rules where it does not.
+    """
 
     kind: Literal["all"]
     name: str | None = None
     rules: list[Rule] = Field(min_length=1)
+    skip_unmeasured: bool = False
 
 
 class AnyRule(_Strict):
@@ -267,13 +280,18 @@ def min_sigma_metrics(rules: RuleSet) -> set[str]:
     return set().union(*(walk(rule) for rule in rules.rules))
 
 
-def rule_metrics(rules: RuleSet) -> set[str]:
-    """The metric of every rule, at any depth."""
+def rule_metrics(rules: RuleSet, required_only: bool = False) -> set[str]:
+    """The metric of every rule, at any depth. ``required_only``: leave out the gradient
+    statistics read inside an ``all`` with ``skip_unmeasured`` that has another signal to
+    fall back on (without one, the ``all`` can never stop without them)."""
 
-    def walk(rule: Any) -> set[str]:
+    def walk(rule: Any, required: bool) -> set[str]:
+        if isinstance(rule, AllRule) and rule.skip_unmeasured and required:
+            found = set().union(*(walk(sub, required) for sub in rule.rules))
+            return found if found <= STATISTICS_METRICS else found - STATISTICS_METRICS
         if isinstance(rule, (AllRule, AnyRule)):
-            return set().union(*(walk(sub) for sub in rule.rules))
+            return set().union(*(walk(sub, required) for sub in rule.rules))
         metric = getattr(rule, "metric", None)
         return {metric} if isinstance(metric, str) else set()
 
-    return set().union(*(walk(rule) for rule in rules.rules))
+    return set().union(*(walk(rule, required_only) for rule in rules.rules))

@@ -578,7 +578,9 @@ def _synthetic_history() -> list[tuple[int | None, dict[str, Any]]]:
         within = 0.5 - 0.002 * (i - 8) ** 2
         loss = 1.0 + 0.003 * (i - 15) ** 2
         out.append((500 * i, result(within, loss=loss, errors={"within_class": 0.005})))
-    out.append((15000, result(None, loss=None, accuracy=None)))
+    diverged = result(None, loss=None, accuracy=None, train=True)
+    diverged["train_probe_loss"] = None  # the validation-free set's guard reads this one
+    out.append((15000, diverged))
     return out
 
 
@@ -591,10 +593,11 @@ def test_every_shipped_rule_set_runs(path: Path) -> None:
     json.dumps(dict(replayed.states), allow_nan=False)
 
 
-def test_default_rules_wait_for_both_signals() -> None:
+def test_default_rules_without_statistics_are_the_baseline() -> None:
     replayed = replay(load_rules(None, Path("config.yaml")), _synthetic_history())
-    # loss lowest at index 15: no new best for 5 evaluations at 20, smoothed trend up only at 21
-    assert replayed.stops["probe-loss-stalled-and-rising"].step == 500 * 21
+    # No gradient statistics here: the disparity sub-rule is left out, and the probe loss
+    # (lowest at index 15) has had no new best for 3 evaluations at index 18.
+    assert replayed.stops["disparity-rising-and-loss-stalled"].step == 500 * 18
     assert replayed.stops["diverged"].index == 30
 
 
@@ -625,7 +628,10 @@ def test_metric_value_reads_every_metric_from_a_real_result() -> None:
         train_probe_accuracy=0.9,
         cosine=block(0.1),
         sign=block(0.3),
-        pair_sets={"train-val": PairSetStiffness(block(0.2), block(0.4))},
+        pair_sets={
+            "train-val": PairSetStiffness(block(0.2), block(0.4)),
+            "train-train": PairSetStiffness(block(0.15), block(0.3)),
+        },
         distance=DistanceProfile((0.0, 1.0), (0.1,), (0.0,), (1,), (1,), 0.625),
         counts=Counts(6, (2, 2, 2), 0, 3, 10),
         gradient_norms=(1.0,) * 6,
@@ -648,6 +654,9 @@ def test_metric_value_reads_every_metric_from_a_real_result() -> None:
         "probe_accuracy": 0.5,
         "train_probe_loss": 0.75,
         "train_probe_accuracy": 0.9,
+        "train_train_within_class": stored["pair_sets"]["train-train"]["cosine"]["within"],
+        "train_train_between_class": stored["pair_sets"]["train-train"]["cosine"]["between"],
+        "train_val_loss_gap": 0.75 - 1.25,
         "critical_length": 0.625,
         "gradient_disparity": 0.5,
         "gsnr": 2.5,

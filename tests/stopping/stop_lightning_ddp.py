@@ -63,7 +63,11 @@ def main() -> int:
     if torch.distributed.is_initialized():  # exiting with a live group can abort the process
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return 0
+    # Leave without running destructors: at exit a DDP reducer's gloo group can deadlock
+    # joining its worker thread (see stop_hf_ddp.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
