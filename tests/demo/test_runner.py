@@ -68,6 +68,10 @@ def test_ctrl_c_stops_the_trainer_and_the_daemon(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A terminal's Ctrl-C reaches a process whose SIGINT is not ignored. Under a shell's
+        # background job (``cmd &``) it is ignored and inherited, and Python then installs
+        # no KeyboardInterrupt handler: give the demo the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert demo.stdout is not None
