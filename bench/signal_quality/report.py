@@ -20,7 +20,7 @@ from bench.signal_quality.summary import (
     summarise,
 )
 from bench.signal_quality.table import DATE, END, MACHINE, ORACLE, by_factor, headline, pct, per_run
-from monitor.rules.spec import AllRule, AnyRule, NonFiniteRule, RuleSet
+from monitor.rules.spec import AllRule, AnyRule, NonFiniteRule, RuleSet, rule_metrics
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BASELINE = "probe_loss_patience"
@@ -55,14 +55,16 @@ def same_rules(a: RuleSet, b: RuleSet) -> bool:
 
 
 def _metrics(rules: RuleSet, guards: bool) -> set[str]:
-    def walk(rule: Any) -> set[str]:
-        if isinstance(rule, (AllRule, AnyRule)):
-            return set().union(*(walk(sub) for sub in rule.rules))
-        if isinstance(rule, NonFiniteRule):
-            return set(rule.metrics) if guards else set()
-        return {str(rule.metric)}
+    """The metrics the rules track (``spec.rule_metrics``), with ``guards`` also those the
+    ``non_finite`` guards read."""
 
-    return set().union(*(walk(rule) for rule in rules.rules))
+    def guarded(rule: Any) -> set[str]:
+        if isinstance(rule, (AllRule, AnyRule)):
+            return set().union(*(guarded(sub) for sub in rule.rules))
+        return set(rule.metrics) if isinstance(rule, NonFiniteRule) else set()
+
+    tracked = rule_metrics(rules)
+    return tracked | set().union(*(guarded(r) for r in rules.rules)) if guards else tracked
 
 
 def signal(rules: RuleSet) -> str:

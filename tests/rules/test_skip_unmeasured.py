@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from monitor.daemon.checks import run_checks
+from monitor.errors import ConfigError
 from monitor.report.panels import choose_panels
 from monitor.rules.best import BestTracker, best_spec
 from monitor.rules.engine import RuleEngine, replay
@@ -81,6 +82,21 @@ def test_a_measured_sub_rule_still_has_its_say() -> None:
     assert stops(both_rule(skip=True), falling) is None  # disparity keeps improving
     rising = [evaluation(loss, d) for loss, d in zip(LOSSES, [5, 4, 4.5, 5, 6, 7], strict=True)]
     assert stops(both_rule(skip=True), rising) == 3
+
+
+@pytest.mark.parametrize(
+    ("rule", "fragment"),
+    [
+        pytest.param({"kind": "any", "skip_unmeasured": True}, "unknown key", id="on-any"),
+        pytest.param({"kind": "all", "skip_unmeasured": "maybe"}, "expected true or false",
+                     id="not-a-bool"),
+    ],
+)  # fmt: skip
+def test_a_misused_skip_unmeasured_is_a_config_error(rule: dict[str, Any], fragment: str) -> None:
+    loss = {"kind": "decline", "metric": "probe_loss", "mode": "min"}
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        parse_rules([{**rule, "rules": [loss]}], "rules.yaml")
+    assert "rules.yaml: rules[0].skip_unmeasured" in str(caught.value)
 
 
 def test_with_nothing_measured_an_all_never_stops() -> None:
