@@ -10,7 +10,8 @@ mode, N=40 in 4 classes, so 90 pairs per within-class entry), and the seconds pe
 evaluation (2 shared CPU cores: indicative only).
 
     python bench/projection_error.py [--ks 256,1024,4096,16384] [--seeds 3] [--n 40]
-        [--kinds khatri_rao,kronecker] [--models digits,resnet,gpt2]
+        [--kinds tensor_sketch,khatri_rao,kronecker] [--models digits,resnet,gpt2]
+        [--gpt2 128,4,512,32]
 """
 
 from __future__ import annotations
@@ -60,11 +61,17 @@ def resnet(n: int) -> tuple[nn.Module, ProbeSet, str]:
     return ResNet18(classes=4), _probe(torch.randn(n, 3, 32, 32), y), "cross_entropy"
 
 
+#: The GPT-2's shape: (n_embd, layers, vocabulary, T); ``--gpt2 768,12,50257,32`` is GPT-2
+#: small's (124M) at T = 32.
+GPT2_SHAPE = [128, 4, 512, 32]
+
+
 def gpt2(n: int) -> tuple[nn.Module, ProbeSet, str]:
     torch.manual_seed(0)
     build = _load(ROOT / "examples/language/model.py", "language_models").build_gpt2
-    model = build(vocab_size=512, n_embd=128, n_layer=4, n_head=4, n_positions=32)
-    tokens = torch.randint(0, 512, (n, 32))
+    embd, layers, vocab, t = GPT2_SHAPE
+    model = build(vocab_size=vocab, n_embd=embd, n_layer=layers, n_head=4, n_positions=t)
+    tokens = torch.randint(0, vocab, (n, t))
     y = torch.arange(n) % 4
     return model, _probe(tokens, y, tokens.clone()), "causal_lm"
 
@@ -86,8 +93,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--models", default="digits,resnet,gpt2")
-    parser.add_argument("--kinds", default="khatri_rao,kronecker")
+    parser.add_argument("--kinds", default="tensor_sketch,khatri_rao,kronecker")
+    parser.add_argument("--gpt2", default=",".join(map(str, GPT2_SHAPE)),
+                        help="the GPT-2's n_embd,layers,vocabulary,T")
     args = parser.parse_args()
+    GPT2_SHAPE[:] = [int(v) for v in args.gpt2.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     builders = {"digits": digits, "resnet": resnet, "gpt2": gpt2}
     torch.set_num_threads(2)

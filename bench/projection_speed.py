@@ -6,13 +6,14 @@ memory (``ru_maxrss``) is its own:
 - ``floor``: one batched forward and backward of the summed per-example loss (what training
   pays per batch; no per-example gradients);
 - ``exact``: ``compute_stiffness`` in class mode (hook backend, float64 class sums of P);
-- ``projected``: the same with ``stiffness.projection`` at the default k, both kinds.
+- ``projected``: the same with ``stiffness.projection`` at the default k, each kind.
 
 The issue's case is GPT-2 small (124M, T=128, N=256, 4 classes); on this 2-core CPU the
 default is a reduced GPT-2 (n_embd 256, 4 layers, vocabulary 4096, T=64, N=64) with the
 same layer types. Seconds are the median of ``--repeats`` runs after one warm-up.
 
     python bench/projection_speed.py [--embd 256] [--layers 4] [--vocab 4096] [--t 64] [--n 64]
+        [--measure floor,exact,tensor_sketch,khatri_rao,kronecker]
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness  # noqa
 from monitor.stiffness.inputs import DEFAULT_PROJECTION_DIM, Projection  # noqa: E402
 from monitor.stiffness.loss import sequence_cross_entropy  # noqa: E402
 
+MEASUREMENTS = ("floor", "exact", "tensor_sketch", "khatri_rao", "kronecker")
+
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, ProbeSet]:
     spec = importlib.util.spec_from_file_location("lm", ROOT / "examples/language/model.py")
@@ -45,7 +48,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, ProbeSet]:
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     model = module.build_gpt2(
-        vocab_size=args.vocab, n_embd=args.embd, n_layer=args.layers, n_head=4,
+        vocab_size=args.vocab, n_embd=args.embd, n_layer=args.layers, n_head=args.heads,
         n_positions=args.t,
     )  # fmt: skip
     tokens = torch.randint(0, args.vocab, (args.n, args.t))
@@ -90,17 +93,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     for name, default in (("embd", 256), ("layers", 4), ("vocab", 4096), ("t", 64), ("n", 64)):
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--k", type=int, default=DEFAULT_PROJECTION_DIM)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--measure", default=",".join(MEASUREMENTS),
+                        help="which of %(default)s, in order; the first is the ratios' base")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args)))
         return
     rows = []
-    for what in ("floor", "exact", "khatri_rao", "kronecker"):
+    for what in args.measure.split(","):
         command = [sys.executable, __file__, *sys.argv[1:], "--one", what]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))

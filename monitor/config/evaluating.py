@@ -96,7 +96,7 @@ class ProjectionConfig(Section):
 
     dim: int = Field(DEFAULT_PROJECTION_DIM, ge=1)
     seed: int = Field(0, ge=0)
-    kind: Literal["khatri_rao", "kronecker"] = "khatri_rao"
+    kind: Literal["tensor_sketch", "khatri_rao", "kronecker"] = "tensor_sketch"
 
     @field_validator("dim", "seed", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from monitor.exporter.binding import try_bind
 from monitor.probe.sampling import load_probe
 from monitor.rules.spec import (
     METRICS_WITH_ERRORS,
+    PER_PARAMETER_METRICS,
     STATISTICS_METRICS,
     load_rules,
     min_sigma_metrics,
@@ -182,6 +183,14 @@ def run_checks(config_path: str | Path) -> CheckReport:
             report.notes.append(
                 f"rules       {', '.join(sorted(optional))} not measured (stiffness.statistics "
                 "is off): the rules that read it fall back to their other sub-rules"
+            )
+        unprojectable = rule_metrics(rules) & PER_PARAMETER_METRICS
+        if unprojectable and config.stiffness.projection is not None:
+            report.warnings.append(
+                f"{source}: stiffness.projection: a rule reads "
+                f"{', '.join(sorted(unprojectable))}, a per-parameter statistic that is not "
+                "measured from projected gradients (only gradient_disparity and "
+                "opposing_share are)"
             )
         for metric in sorted(sigma_metrics - METRICS_WITH_ERRORS):
             report.warnings.append(

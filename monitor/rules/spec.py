@@ -55,6 +55,8 @@ METRICS = frozenset(
 LOSS_GAP = "train_val_loss_gap"
 #: Metrics of the training split's gradient statistics (``stiffness.statistics``).
 STATISTICS_METRICS = frozenset({"gradient_disparity", "gsnr", "gsnr_median", "opposing_share"})
+#: Statistics of single parameters: not measured from projected gradients (projection mode).
+PER_PARAMETER_METRICS = frozenset({"gsnr", "gsnr_median"})
 #: A single class's diagonal entry: ``class_within:<label>``.
 CLASS_METRIC = re.compile(r"^class_within:(\d+)$")
 

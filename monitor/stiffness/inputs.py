@@ -17,8 +17,8 @@ Backend = Literal["auto", "hooks", "vmap", "loop"]
 BACKENDS = ("auto", "hooks", "vmap", "loop")
 Loss = Literal["cross_entropy", "causal_lm", "token_cross_entropy"]
 LOSSES = ("cross_entropy", "causal_lm", "token_cross_entropy")
-ProjectionKind = Literal["khatri_rao", "kronecker"]
-PROJECTION_KINDS = ("khatri_rao", "kronecker")
+ProjectionKind = Literal["khatri_rao", "kronecker", "tensor_sketch"]
+PROJECTION_KINDS = ("khatri_rao", "kronecker", "tensor_sketch")
 #: Projected dimensions per parameter when a projection names none (docs/precision.md).
 DEFAULT_PROJECTION_DIM = 4096
 
@@ -26,13 +26,15 @@ DEFAULT_PROJECTION_DIM = 4096
 @dataclass(frozen=True)
 class Projection:
     """Projection mode (``monitor.stiffness.projection``): at most ``dim`` dimensions per
-    selected parameter, matrices drawn from ``seed``; ``kind`` is how outer-product
-    (Linear, Conv, Embedding) gradients are projected: row-wise Kronecker (Khatri-Rao) or
-    LoGra's Kronecker P_out G P_inᵀ (cheaper, but its error falls as k^(-1/4))."""
+    selected parameter, drawn from ``seed``; ``kind`` is how outer-product (Linear, Conv,
+    Embedding) gradients are projected: a TensorSketch (count sketch with hashed rows and
+    columns, formed by FFT: the cheapest and, measured, the most accurate), row-wise
+    Kronecker (Khatri-Rao, dense Gaussian rows, costly for wide layers) or LoGra's Kronecker
+    P_out G P_inᵀ (cheap, but its error falls as k^(-1/4)). docs/precision.md compares them."""
 
     dim: int = DEFAULT_PROJECTION_DIM
     seed: int = 0
-    kind: ProjectionKind = "khatri_rao"
+    kind: ProjectionKind = "tensor_sketch"
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.seed < 0 or self.kind not in PROJECTION_KINDS:

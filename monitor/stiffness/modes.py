@@ -44,7 +44,11 @@ def run_mode(
     stopped half-way has already added part of a chunk to its sums. With
     ``options.statistics`` and a training split, the pass also feeds a fresh
     ``StatisticsTracker`` and the result carries its statistics."""
-    tracker = StatisticsTracker(layout) if options.statistics and layout.has_splits else None
+    tracker = (
+        StatisticsTracker(layout, per_parameter=options.projection is None)
+        if options.statistics and layout.has_splits
+        else None
+    )
     if options.mode == "class":
         part = class_mode(stream, layout, stats, options.uncertainty, tracker)
     else:

@@ -91,10 +91,15 @@ class StatisticsTracker:
     """Accumulates Σ_A g, Σ_B g and Σ g² over the usable training examples, chunk by chunk,
     then takes the classmate sums t_i from the mode (``classmates``) and gives the result.
 
-    ``layout`` (with its ``source_indices``) is in the order the mode visits the probe."""
+    ``layout`` (with its ``source_indices``) is in the order the mode visits the probe.
+    ``per_parameter`` is False when the rows are projected (``stiffness.projection``): a
+    projected coordinate mixes many parameters, so its mean²/variance is not the paper's GSNR
+    and none is reported (disparity and the opposing share are distances and cosines, which
+    the projection estimates without bias, and are kept)."""
 
-    def __init__(self, layout: ProbeLayout) -> None:
+    def __init__(self, layout: ProbeLayout, per_parameter: bool = True) -> None:
         self.layout = layout
+        self.per_parameter = per_parameter
         self.source_indices = layout.source_indices or tuple(range(layout.size))
         self.half = training_halves(layout, self.source_indices)
         self.sums: torch.Tensor | None = None  # (2, P) float64: Σ_A g, Σ_B g
@@ -121,14 +126,15 @@ class StatisticsTracker:
             grads.add_class_sums(self.sums, where, keep, ones)  # Σ_half g, layer by layer
             rows = keep.to(grads.device)
             for block, cols in zip(grads.blocks, grads.columns, strict=True):
-                if block.uses:
+                if block.uses and self.per_parameter:
                     self.squares[cols] += _squares(block, rows)
             return
         rows, where = keep.to(grads.device), where.to(grads.device)
         for cols in column_blocks(int(keep.numel()), int(grads.shape[1])):
             part = grads[:, cols].index_select(0, rows)  # (k, p) in the rows' dtype
             self.sums[:, cols].index_add_(0, where, part.double())
-            self.squares[cols] += part.square().sum(dim=0, dtype=torch.float64)
+            if self.per_parameter:
+                self.squares[cols] += part.square().sum(dim=0, dtype=torch.float64)
             del part
 
     def members(self, usable: torch.Tensor) -> torch.Tensor:
@@ -150,7 +156,7 @@ class StatisticsTracker:
                 gap = self.sums[0] / counts[0] - self.sums[1] / counts[1]  # (P,)
                 disparity = float(torch.linalg.vector_norm(gap))
             n = sum(counts)
-            if n >= 2:
+            if n >= 2 and self.per_parameter:
                 mean = (self.sums[0] + self.sums[1]) / n  # (P,)
                 second = self.squares / n
                 variance = second - mean.square()

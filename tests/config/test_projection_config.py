@@ -31,7 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
     dumped = config.stiffness.model_dump()["projection"]
     assert dumped == {"dim": 256, "seed": 9, "kind": "kronecker"}
     empty = load_config(write(tmp_path, "probe: {path: p.pt}\nstiffness: {projection: {}}\n"))
-    default = Projection(DEFAULT_PROJECTION_DIM, 0, "khatri_rao")
+    default = Projection(DEFAULT_PROJECTION_DIM, 0, "tensor_sketch")
     assert empty.stiffness.engine_options().projection == default
 
 

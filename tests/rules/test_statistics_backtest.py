@@ -170,3 +170,23 @@ def test_check_warns_when_the_probe_has_no_training_split(tmp_path: Path) -> Non
     config.write_text(yaml.safe_dump(data))
     warnings = run_checks(config).warnings
     assert any("stiffness.statistics: the probe has no training split" in w for w in warnings)
+
+
+def test_check_warns_when_projection_hides_a_per_parameter_statistic(tmp_path: Path) -> None:
+    """GSNR is per parameter: a rule on it, with projection on, gets a warning naming it;
+    the same rule on disparity, which projection estimates, gets none."""
+    config = _job(tmp_path, statistics=True)
+    data = yaml.safe_load(config.read_text())
+    data["stiffness"]["projection"] = {"dim": 64}
+    for metric, warned in (("gsnr_median", True), ("gradient_disparity", False)):
+        data["rules"] = [{"kind": "threshold", "metric": metric, "mode": "min",
+                          "divergence_threshold": 1.0e9}]  # fmt: skip
+        config.write_text(yaml.safe_dump(data))
+        warnings = run_checks(config).warnings
+        found = [w for w in warnings if "stiffness.projection" in w]
+        assert bool(found) == warned, (metric, warnings)
+        if warned:
+            assert metric in found[0] and "not measured from projected gradients" in found[0]
+    evaluation = Evaluator(load_config(config)).evaluate(str(tmp_path / "run" / "step_10.pt"))
+    statistics = evaluation.to_dict()["statistics"]
+    assert statistics["gsnr"] is None and statistics["gradient_disparity"] > 0

@@ -22,7 +22,7 @@ from monitor.stiffness.gradients import dot64
 from monitor.stiffness.inputs import PROJECTION_KINDS, Projection, ProjectionKind
 from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.parameters import select_parameters
-from monitor.stiffness.projection import ProjectedGradients
+from monitor.stiffness.projection import ProjectedGradients, tensor_sketch
 from monitor.stiffness.projection.matrices import Matrices, split
 
 N, CLASSES = 24, 3
@@ -122,6 +122,38 @@ def test_khatri_rao_projection_is_the_dense_row_wise_kronecker_product() -> None
     assert float(rows.var()) == pytest.approx(1 / 40, rel=0.15)  # as a dense N(0, 1/k)
 
 
+def test_tensor_sketch_is_the_count_sketch_of_the_formed_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the factors (by FFT) equals bucket (h_out(i) + h_in(j)) mod k, sign
+    s_out(i)·s_in(j), summed entry by entry over the formed gradient; a sequence taken in
+    slices of positions gives the same."""
+    model, data = mlp(), probe()
+    selection = select_parameters(model, (), ())
+    hooks = gradient_provider(model, selection, data.inputs, data.targets, torch.device("cpu"))
+    chunk = hooks(0, N)
+    assert isinstance(chunk.grads, FactoredRows)
+    wrapped = ProjectedGradients(hooks, selection, Projection(40, 3, "tensor_sketch"))
+    block = next(b for b in chunk.grads.blocks if b.name == "2.weight")  # (16, 24)
+    got = wrapped.projector.block(block)
+    h = wrapped.projector.matrices.hashes("2.weight", (16, 24), 40)
+    g = block.transient_rows().double().reshape(N, 16, 24)
+    want = torch.zeros(N, 40, dtype=torch.float64)
+    for i in range(16):
+        for j in range(24):
+            bucket = int(h.out_index[i] + h.in_index[j]) % 40
+            want[:, bucket] += float(h.out_sign[i] * h.in_sign[j]) * g[:, i, j]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert set(h.out_sign.tolist()) == {-1.0, 1.0} and int(h.in_index.max()) < 40
+
+    factors = block.factors[0]
+    steps = torch.randn(N, 7, 24)  # a 7-position use, whole and in slices of 2 positions
+    long = type(factors)(torch.randn(N, 7, 16), steps, 16)
+    whole = wrapped.projector.outer("2.weight", long)
+    monkeypatch.setattr(tensor_sketch, "SLICE_VALUES", 2 * N * 40)
+    torch.testing.assert_close(wrapped.projector.outer("2.weight", long), whole)
+
+
 @pytest.mark.parametrize("kind", PROJECTION_KINDS)
 def test_backends_agree_on_the_projection(kind: ProjectionKind) -> None:
     """The hook backend's factors and vmap's formed rows get the same projection."""
@@ -188,7 +220,8 @@ def test_identical_across_processes() -> None:
         "from tests.stiffness.test_projection import mlp, probe\n"
         "m = Matrices(11, torch.device('cpu'), torch.float32)\n"
         "sums = [m.factor('layer.weight', 300, 200, 12, 'in').double().sum().item(),\n"
-        "        m.dense('bias', torch.ones(1, 70000), 9).double().sum().item()]\n"
+        "        m.dense('bias', torch.ones(1, 70000), 9).double().sum().item(),\n"
+        "        m.hashes('layer.weight', (300, 200), 64).in_index.sum().item()]\n"
         "options = EngineOptions(projection=Projection(16, 7))\n"
         "result = compute_stiffness(mlp(), probe(), options)\n"
         "print(json.dumps({'sums': sums, 'matrix': result.cosine.matrix}))\n"
@@ -200,7 +233,8 @@ def test_identical_across_processes() -> None:
     factor = m.factor("layer.weight", 300, 200, 12, "in")
     assert factor is not None
     dense = m.dense("bias", torch.ones(1, 70000), 9)
-    assert there["sums"] == [factor.double().sum().item(), dense.double().sum().item()]
+    buckets = m.hashes("layer.weight", (300, 200), 64).in_index.sum().item()
+    assert there["sums"] == [factor.double().sum().item(), dense.double().sum().item(), buckets]
     here = compute_stiffness(mlp(), probe(), EngineOptions(projection=Projection(16, 7)))
     assert [list(row) for row in here.cosine.matrix] == there["matrix"]
 
@@ -215,6 +249,14 @@ def test_conv_and_gpt2_layers_project_from_factors() -> None:
     for kind in PROJECTION_KINDS:
         hooks, _ = projected_gram(model, data, 20, 1, "hooks", kind)
         vmap, _ = projected_gram(model, data, 20, 1, "vmap", kind)
+        torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(6)  # an embedding's one-hot rows, tokens repeated within a sequence
+    embedded = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(5 * 8, 3))
+    tokens = ProbeSet(inputs=torch.randint(0, 6, (N, 5)), targets=torch.arange(N) % 3,
+                      classes=(0, 1, 2))  # fmt: skip
+    for kind in PROJECTION_KINDS:
+        hooks, _ = projected_gram(embedded, tokens, 16, 2, "hooks", kind)
+        vmap, _ = projected_gram(embedded, tokens, 16, 2, "vmap", kind)
         torch.testing.assert_close(hooks, vmap, rtol=1e-4, atol=1e-6)
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(5)

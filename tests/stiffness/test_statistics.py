@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from monitor.stiffness import EngineOptions, ProbeSet, StiffnessResult, compute_stiffness
+from monitor.stiffness.inputs import Projection
 from monitor.stiffness.layout import ProbeLayout
 from monitor.stiffness.statistics import SUSPECTS, training_halves
 from tests.reference import reference_stiffness
@@ -218,3 +219,30 @@ def test_dense_rows_in_class_mode(backend: str) -> None:
         backend=backend,  # type: ignore[arg-type]
     )  # fmt: skip
     assert_statistics(compute_stiffness(model64, probe64, options), want, 1e-10)
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_projection_keeps_disparity_and_opposing_share_but_reports_no_gsnr(mode: Any) -> None:
+    """With ``stiffness.projection`` the rows are projected: disparity and the opposing share
+    are estimated from them (exact when k covers every parameter, close at a small k); a
+    projected coordinate's mean²/variance is not the per-parameter GSNR, so none is given."""
+    model, probe, include, want = case("cnn-first-conv")
+    model64 = copy.deepcopy(model).double()
+    probe64 = noisy_probe(probe.inputs, double=True)
+
+    def measured(projection: Projection) -> dict[str, Any]:
+        options = EngineOptions(mode=mode, include=include, statistics=True, projection=projection)
+        statistics = compute_stiffness(model64, probe64, options).statistics
+        assert statistics is not None
+        return statistics.to_dict()
+
+    whole = measured(Projection(10**6))
+    assert whole["gsnr"] is None and whole["gsnr_median"] is None
+    assert whole["gsnr_parameters"] == 0
+    assert whole["gradient_disparity"] == pytest.approx(want["gradient_disparity"], rel=1e-9)
+    assert whole["opposing_share"] == pytest.approx(want["opposing_share"], rel=1e-9)
+    assert whole["halves"] == want["halves"]
+    small = [measured(Projection(8, seed))["gradient_disparity"] for seed in range(20)]
+    assert len(set(small)) > 1  # it did project
+    mean = sum(small) / len(small)  # |·|² is unbiased; |·| is close for a 20-seed mean
+    assert mean == pytest.approx(want["gradient_disparity"], rel=0.2)

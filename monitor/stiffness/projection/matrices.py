@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from monitor.stiffness.projection.tensor_sketch import Hashes
+
 #: Columns per separately seeded block of a dense projection: a (k, d) matrix for a large
 #: parameter is never held whole, only (k, BLOCK) at a time.
 BLOCK = 2**16
@@ -56,6 +58,7 @@ class Matrices:
     def __init__(self, seed: int, device: torch.device, dtype: torch.dtype) -> None:
         self.seed, self.device, self.dtype = seed, device, dtype
         self._kept: dict[tuple[str, tuple[int, ...], str], torch.Tensor] = {}
+        self._kept_hashes: dict[tuple[str, tuple[int, ...], str], Hashes] = {}
 
     def factor(self, name: str, rows: int, cols: int, k: int, side: str) -> torch.Tensor | None:
         """P_out (k, rows) for side "out", P_in (k, cols) for side "in"; None (the identity)
@@ -87,6 +90,22 @@ class Matrices:
             self._kept[key] = torch.cat(pair, dim=1)  # (k, rows + cols)
         both = self._kept[key]
         return both[:, :rows], both[:, rows:]
+
+    def hashes(self, name: str, shape: tuple[int, ...], k: int) -> Hashes:
+        """The TensorSketch buckets and signs of a (rows, cols) view of ``shape``
+        (``tensor_sketch``): uniform buckets in [0, k) and signs ±1 per row and per column."""
+        rows, cols = shape[0], math.prod(shape) // shape[0]
+        key = (name, (rows, cols, k), "sketch")
+        if key not in self._kept_hashes:
+            drawn = []
+            for width, side in ((rows, "sketch-out"), (cols, "sketch-in")):
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(seed_for(self.seed, name, (rows, cols, k), side))
+                index = torch.randint(0, k, (width,), generator=generator, device=self.device)
+                bits = torch.randint(0, 2, (width,), generator=generator, device=self.device)
+                drawn += [index, (2 * bits - 1).to(self.dtype)]
+            self._kept_hashes[key] = Hashes(drawn[0], drawn[1], drawn[2], drawn[3], k)
+        return self._kept_hashes[key]
 
     def dense(self, name: str, values: torch.Tensor, k: int) -> torch.Tensor:
         """values (b, d) @ Mᵀ for a (k, d) Gaussian M drawn block by block: (b, k)."""

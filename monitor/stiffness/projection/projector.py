@@ -7,10 +7,12 @@ Per selected parameter of n values, with ``dim`` k:
   ``Factors``), or a dense row of a parameter with two or more dimensions viewed as
   (shape[0], n/shape[0]): with ``kind="kronecker"`` the projection
   P_out G_i P_inᵀ = Σ_t (P_out l_t)(P_in r_t)ᵀ, k_out·k_in <= k (``matrices.split``); with
-  ``kind="khatri_rao"`` k coordinates a_jᵀ G_i b_j (``khatri_rao``); both formed from the
-  projected factors, never from G_i;
+  ``kind="khatri_rao"`` k coordinates a_jᵀ G_i b_j (``khatri_rao``); with
+  ``kind="tensor_sketch"`` a k-bucket count sketch of G_i with hashed rows and columns
+  (``tensor_sketch``); all three formed from the factors, never from G_i;
 - anything else (a bias, a norm's scale, a fallback parameter's row): a dense Gaussian
-  projection to k of its materialised row.
+  projection to k of its materialised row, or for ``tensor_sketch`` its count sketch (the
+  row viewed as (shape[0], rest), so a weight's sketch is the same whichever way it came).
 
 The same parameter gets the same projection whichever backend formed its gradient (the
 factor layout of a weight is its (shape[0], rest) view), so the hook backend, vmap and the
@@ -28,6 +30,7 @@ from monitor.stiffness.layers.rows import FactoredRows, ParamBlock
 from monitor.stiffness.layers.uses import Factors
 from monitor.stiffness.projection.khatri_rao import khatri_rao_dense, khatri_rao_outer
 from monitor.stiffness.projection.matrices import Matrices, split
+from monitor.stiffness.projection.tensor_sketch import sketch_dense, sketch_outer
 
 
 class Projector:
@@ -40,7 +43,7 @@ class Projector:
         shapes: dict[str, tuple[int, ...]],
         device: torch.device,
         dtype: torch.dtype,
-        kind: str = "kronecker",
+        kind: str = "tensor_sketch",
     ) -> None:
         self.dim, self.shapes, self.kind = dim, shapes, kind
         self.matrices = Matrices(seed, device, dtype)
@@ -99,6 +102,8 @@ class Projector:
 
     def outer(self, name: str, factors: Factors) -> torch.Tensor:
         """Σ_t (P_out l_t)(P_in r_t)ᵀ flattened: (b, k_out·k_in), from G = Lᵀ R."""
+        if self.kind == "tensor_sketch":
+            return sketch_outer(self.matrices.hashes(name, self.shapes[name], self.dim), factors)
         if self.kind == "khatri_rao":
             return khatri_rao_outer(
                 self.matrices.rowwise(name, self.shapes[name], self.dim), factors
@@ -122,6 +127,8 @@ class Projector:
         n = int(values.shape[1])
         if n <= self.dim:
             return values
+        if self.kind == "tensor_sketch":
+            return sketch_dense(self.matrices.hashes(name, shape, self.dim), values)
         if len(shape) >= 2 and self.kind == "khatri_rao":
             return khatri_rao_dense(self.matrices.rowwise(name, shape, self.dim), values)
         if len(shape) >= 2:
