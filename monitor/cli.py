@@ -108,9 +108,10 @@ def _rank_flags(command: argparse.ArgumentParser) -> None:
     """Flags that matter only under torchrun (docs/distributed.md)."""
     command.add_argument(
         "--split",
-        choices=["examples", "parameters"],
+        choices=["examples", "parameters", "fsdp"],
         default="examples",
-        help="under torchrun: split the probe's examples (default) or the parameters across ranks",
+        help="under torchrun: split the probe's examples (default) or the parameters across "
+        "ranks, or the examples with the weights sharded by FSDP2 (fsdp)",
     )
     command.add_argument(
         "--timeout",

@@ -100,6 +100,8 @@ def _tied_away(
     """
 
     def identity(tensor: torch.Tensor) -> _Identity | None:
+        if _is_shard(tensor):  # FSDP2: the shard's storage (tied weights share it too)
+            tensor = tensor.to_local()  # type: ignore[attr-defined]
         if tensor.device.type == "meta" or tensor.numel() == 0:
             return None  # no storage to share
         storage = tensor.untyped_storage().data_ptr()
@@ -112,6 +114,34 @@ def _tied_away(
 def _listing(keys: list[str], noun: str, plural: str) -> str:
     shown = ", ".join(keys[:_LISTED]) + (", ..." if len(keys) > _LISTED else "")
     return f"{len(keys)} {noun if len(keys) == 1 else plural}: {shown}"
+
+
+def _is_shard(tensor: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _copy_shard(target: torch.Tensor, whole: torch.Tensor) -> None:
+    """This rank's shard of ``whole`` into the model's DTensor ``target`` (FSDP2: split along
+    one dimension as ``torch.chunk`` splits it). Every rank read the whole checkpoint, so
+    each cuts its own piece, with no communication, and only that piece reaches the device."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    assert isinstance(target, DTensor)
+    local = whole
+    mesh = target.device_mesh
+    for axis, placement in enumerate(target.placements):
+        if isinstance(placement, Shard):
+            pieces = torch.chunk(local, mesh.size(axis), dim=placement.dim)
+            rank = mesh.get_local_rank(axis)
+            local = pieces[rank] if rank < len(pieces) else local.narrow(placement.dim, 0, 0)
+        elif not placement.is_replicate():
+            raise RuntimeError(f"cannot load a weight placed as {placement}")
+    shard = target.to_local()
+    shard.copy_(local.reshape(shard.shape))
 
 
 def load_weights(model: nn.Module, loaded: LoadedCheckpoint, strict: bool = True) -> nn.Module:
@@ -163,6 +193,8 @@ def load_weights(model: nn.Module, loaded: LoadedCheckpoint, strict: bool = True
     renamed = {target: weights[key] for key, target in alignment.mapping.items()}
     try:
         with torch.no_grad():
+            for target in [t for t in renamed if _is_shard(model_state[t])]:
+                _copy_shard(model_state[target], renamed.pop(target))
             model.load_state_dict(renamed, strict=False)
     except RuntimeError as exc:  # a module's own _load_from_state_dict may refuse a value
         raise fail(loaded.path, f"the model refused the weights ({exc})", "mismatch") from exc

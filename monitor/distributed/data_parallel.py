@@ -45,6 +45,10 @@ class ExampleParallel:
     def __init__(self, group: ProcessGroup) -> None:
         self.group = group
 
+    def settle(self) -> None:
+        """Before the ranks exchange sums: nothing to wait for here (``fsdp`` waits for the
+        others' passes, which are collectives there)."""
+
     def __call__(
         self,
         options: EngineOptions,
@@ -69,6 +73,7 @@ class ExampleParallel:
         found = class_sums(stream, layout, stats, span)
         assert found is not None, "example_spans gives every rank at least one example"
         group = self.group
+        self.settle()
         # From here on every rank is inside the same sequence of collectives: an out-of-memory
         # retry by the engine would start it again on one rank only, so it is an error instead.
         with no_retry():
@@ -81,6 +86,7 @@ class ExampleParallel:
             if options.uncertainty:
                 c = layout.num_classes
                 t = classmate_dots(stream, layout, stats, found.sums[:c], span)
+                self.settle()
                 errors = within_errors(group.sum_(t, "classmate dots"), layout, stats)
         self_terms, counts = found.self_terms, found.counts
         del found
@@ -100,6 +106,7 @@ class ExampleParallel:
         spans = example_spans(layout.size, self.group.world_size)
         tasks = gram_tasks(self.group.rank, spans)
         gram = rank_gram(stream, stats, layout.size, span, tasks, cache)
+        self.settle()
         with no_retry():
             self.group.sum_(gram, "Gram blocks")
             merge_stats(self.group, stats, span)

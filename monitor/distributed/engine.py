@@ -8,6 +8,7 @@ share with the sharded pass. Either way every rank returns the same, full result
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -15,17 +16,19 @@ import torch
 from torch import nn
 
 from monitor.distributed.data_parallel import ExampleParallel
+from monitor.distributed.fsdp import ShardedExamples, shard_model
 from monitor.distributed.launch import ProcessGroup
 from monitor.distributed.sharded import ParameterSharded
 from monitor.distributed.shares import example_spans, literal_pattern, parameter_shares
+from monitor.errors import EngineError
 from monitor.stiffness import compute_stiffness
 from monitor.stiffness.inputs import EngineOptions, ProbeSet
 from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
-from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.parameters import is_sharded, select_parameters
 from monitor.stiffness.result import StiffnessResult
 
-Split = Literal["examples", "parameters"]
-SPLITS: tuple[Split, ...] = ("examples", "parameters")
+Split = Literal["examples", "parameters", "fsdp"]
+SPLITS: tuple[Split, ...] = ("examples", "parameters", "fsdp")
 
 
 class DistributedEngine:
@@ -37,6 +40,12 @@ class DistributedEngine:
         self.group = group
         self.split = split
 
+    def build_model(self, factory: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+        """The evaluator's model: built whole on ``device``, or sharded across the ranks."""
+        if self.split == "fsdp":
+            return shard_model(factory, device, self.group.world_size)
+        return factory().to(device)
+
     def __call__(
         self,
         model: nn.Module,
@@ -47,6 +56,16 @@ class DistributedEngine:
         output: OutputSpec = DEFAULT_OUTPUT,
     ) -> StiffnessResult:
         group = self.group
+        if self.split == "fsdp":
+            if not is_sharded(model):
+                raise EngineError(
+                    "--split fsdp shards a model built by model.factory; this checkpoint "
+                    "carries its own module (TorchScript or torch.export), which is not sharded"
+                )
+            example_spans(probe.size, group.world_size)
+            return compute_stiffness(
+                model, probe, options, device, output=output, runner=ShardedExamples(group)
+            )
         if self.split == "examples":
             example_spans(probe.size, group.world_size)  # every rank gets an example, or error
             return compute_stiffness(

@@ -125,8 +125,13 @@ class Evaluator:
         self.output = output_spec(config.model.output, config.model.output_fn)
         self._model: torch.nn.Module | None = None
         if config.model.factory is not None:
-            self._model = build_model(config.model.factory, config.model.kwargs)
-            self._model.to(self.device)
+            factory, kwargs = config.model.factory, config.model.kwargs
+            # A distributed engine may build it sharded across its ranks (``--split fsdp``).
+            place = getattr(engine, "build_model", None)
+            if place is not None:
+                self._model = place(lambda: build_model(factory, kwargs), self.device)
+            else:
+                self._model = build_model(factory, kwargs).to(self.device)
         probe = load_probe(config.probe)
         # Class mode sorts the probe by split and class; sorted once here, on the host, the
         # engine finds it sorted and makes no copy of it on the device at each evaluation.

@@ -43,7 +43,7 @@ from monitor.stiffness.gradients import GradientChunk, GradientProvider
 from monitor.stiffness.hooks_backend import HookGradients
 from monitor.stiffness.loop_backend import LoopGradients
 from monitor.stiffness.outputs import Objective
-from monitor.stiffness.parameters import ParameterSelection
+from monitor.stiffness.parameters import ParameterSelection, is_sharded
 from monitor.stiffness.setup_cache import SETUP_CACHE, Structure, Verdict
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,14 @@ def _hooks(
         logger.info("no exact layer rule for %s; torch.func computes them", ", ".join(moved))
     if not hooks.covered:  # every rule disagreed: nothing worth caching
         return None
+    if hooks.fallback_names and is_sharded(model):
+        more = " ..." if len(hooks.fallback_names) > 4 else ""
+        raise EngineError(
+            "the model is sharded (FSDP2), and only layer rules (Linear, convolutions, norms, "
+            "Embedding) can measure a sharded model; no rule covers "
+            f"{', '.join(hooks.fallback_names[:4])}{more}"
+            ": exclude them (stiffness.exclude) or split the examples or parameters instead"
+        )
     if hooks.fallback_names:
         hooks.fallback = dense_provider(
             model, hooks.fallback_selection, inputs, targets, device, precision,
@@ -193,6 +201,8 @@ def gradient_provider(
     when ``backend="hooks"`` is asked of a model no layer rule covers.
     """
     scripted = isinstance(model, torch.jit.ScriptModule)
+    if is_sharded(model):
+        backend = "hooks"  # nothing else can run it (``is_sharded``): its errors are final
     if backend in ("auto", "hooks") and not scripted:
         try:
             hooks = _hooks(

@@ -135,7 +135,10 @@ class HookGradients(ProviderBase):
             contextlib.nullcontext(), keep_graph=True, copied=self.copied,
             objective=self.objective, mask=mask,
         )  # fmt: skip
-        live = dict(self.model.named_parameters())
+        live: dict[str, torch.Tensor] = dict(self.model.named_parameters())
+        for call in got.calls:  # the tensors the forward used (FSDP2: gathered, not shards)
+            _, local = self.layers[call.module]
+            live.update({local[key]: p for key, p in call.params.items() if key in local})
         names = sorted(self.covered)
         try:
             uses = self._uses(got.calls)

@@ -78,3 +78,16 @@ def select_parameters(
         constants=constants,
         numel=sum(int(params[n].numel()) for n in names),
     )
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when FSDP2 (``fully_shard``) holds the model's weights as DTensor shards.
+
+    Only the layer-hook backend can run such a model: vmap's ``functional_call`` and the
+    loop differentiate the module's parameters, which are shards outside the forward's graph
+    (the forward runs on gathered copies)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())

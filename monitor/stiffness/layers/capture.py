@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,12 +23,15 @@ from monitor.stiffness.outputs import Objective
 
 @dataclass(eq=False)
 class Call:
-    """One call of a hooked module: its inputs (detached), output, and later B."""
+    """One call of a hooked module: its inputs (detached), output, and later B; and the
+    parameters it held while it ran (``params``: what the setup check differentiates. Under
+    FSDP2 they are the gathered, whole tensors; afterwards the module holds its shards)."""
 
     module: nn.Module
     inputs: tuple[Any, ...]
     output: torch.Tensor
     grad: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -56,18 +59,28 @@ def hooked(
     broadcasts them), so its B is summed over them and no per-example gradient can be read
     from it. Its parameter then disagrees with autograd at setup and moves to the fallback."""
     calls: list[Call] = []
+    held: dict[nn.Module, list[dict[str, torch.Tensor]]] = {}
+
+    def enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+        # After FSDP2's own pre-hook (it goes first): the module holds its gathered weights.
+        params: dict[str, torch.Tensor] = {
+            key: p for key, p in module._parameters.items() if p is not None
+        }
+        held.setdefault(module, []).append(params)
 
     def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        params = held[module].pop() if held.get(module) else {}
         if not isinstance(output, torch.Tensor) or not output.requires_grad:
             return None
         if batch is None or (output.dim() > 0 and output.shape[0] == batch):
             inputs = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-            calls.append(Call(module, inputs, output))
+            calls.append(Call(module, inputs, output, params=params))
             if module in copied:
                 return output.clone()
         return None
 
-    handles = [module.register_forward_hook(record) for module in modules]
+    handles = [module.register_forward_pre_hook(enter) for module in modules]
+    handles += [module.register_forward_hook(record) for module in modules]
     try:
         yield calls
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,9 +66,22 @@ def register_named(*names: str) -> Callable[[RuleFn], RuleFn]:
     return add
 
 
+def layer_type(module: nn.Module) -> type[nn.Module]:
+    """``module``'s own class. FSDP2's ``fully_shard`` swaps a sharded module's class for a
+    new ``FSDP<Cls>(FSDPModule, Cls)`` that adds no ``forward`` of its own (it gathers and
+    frees the weights in hooks): the layer is still a ``Cls`` and its rule still holds."""
+    kind = type(module)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        if issubclass(kind, FSDPModule) and len(kind.__bases__) == 2:
+            return cast(type[nn.Module], kind.__bases__[1])
+    return kind
+
+
 def rule_for(module: nn.Module) -> Rule | None:
     """The rule for ``module``, or None (its parameters fall back to ``torch.func``)."""
-    kind = type(module)
+    kind = layer_type(module)
     rule = RULES.get(kind) or NAMED.get(f"{kind.__module__}.{kind.__qualname__}")
     return rule if rule is not None and rule.when(module) else None
 
