@@ -32,7 +32,7 @@ from monitor.stiffness.layout import ProbeLayout
 from monitor.stiffness.loss import labelled_examples
 from monitor.stiffness.modes import ModeRunner, run_mode
 from monitor.stiffness.outputs import DEFAULT_OUTPUT, LOSSES, Objective, OutputSpec
-from monitor.stiffness.parameters import select_parameters
+from monitor.stiffness.parameters import is_sharded, select_parameters
 from monitor.stiffness.precision import tf32_only_for
 from monitor.stiffness.projection import projected
 from monitor.stiffness.result import Counts, StiffnessResult
@@ -196,7 +196,8 @@ def _measure(
         probe, order = class_ordered(probe)
     layout = ProbeLayout.from_probe(probe)
     with _eval_mode(model), tf32_only_for(options.precision):
-        model.to(device)
+        if not is_sharded(model):  # FSDP2 placed its shards; moving them again fails
+            model.to(device)
         _widen_half_precision(model)
         selection = select_parameters(model, options.include, options.exclude)
         inputs = probe.inputs

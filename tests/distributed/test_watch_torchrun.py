@@ -86,28 +86,34 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return make_project(tmp_path_factory.mktemp("tiny-watch"))
 
 
+@pytest.mark.parametrize("split", ["examples", "fsdp"])
 def test_rank_zero_stores_the_one_process_result_and_sigterm_stops_every_rank(
-    project: Project,
+    project: Project, split: str
 ) -> None:
-    config = watch_config(project, "ok")
-    log = project.root / "ok.log"
-    process = start(config, log)
+    """Two checkpoints in turn (the second reuses the first's setup; with ``fsdp`` it is
+    loaded into the same sharded model), each stored with the one-process result."""
+    name = f"ok-{split}"
+    config = watch_config(project, name)
+    log = project.root / f"{name}.log"
+    process = start(config, log, "--split", split)
     try:
-        path = put_checkpoint(project, "ok", 10)
-
-        def stored() -> list[object]:
-            try:
-                with Store(project.root / "ok.db", readonly=True) as store:
-                    return list(store.evaluations())
-            except StoreError:  # not there, or not set up yet
-                return []
-
-        evaluations = wait_for(stored, timeout=90, what=f"the evaluation in the store; {log}")
-        assert len(evaluations) == 1
-        got = evaluations[0].result  # type: ignore[attr-defined]
         want = dict(one_process(project.config("class"), project.checkpoint))
-        want.update(run="tiny", checkpoint=str(path))  # the config's run name
-        assert_same(got, want)
+        for count, step in enumerate((10, 20), start=1):
+            path = put_checkpoint(project, name, step)
+
+            def stored() -> list[object]:
+                try:
+                    with Store(project.root / f"{name}.db", readonly=True) as store:
+                        found = list(store.evaluations())
+                except StoreError:  # not there, or not set up yet
+                    return []
+                return found if len(found) >= count else []
+
+            evaluations = wait_for(stored, timeout=90, what=f"evaluation {count}; {log}")
+            assert len(evaluations) == count
+            got = evaluations[-1].result  # type: ignore[attr-defined]
+            want.update(run="tiny", checkpoint=str(path), step=step)  # the config's run name
+            assert_same(got, want)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
