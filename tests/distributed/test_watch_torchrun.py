@@ -101,7 +101,7 @@ def test_rank_zero_stores_the_one_process_result_and_sigterm_stops_every_rank(
         for count, step in enumerate((10, 20), start=1):
             path = put_checkpoint(project, name, step)
 
-            def stored() -> list[object]:
+            def stored(count: int = count) -> list[object]:
                 try:
                     with Store(project.root / f"{name}.db", readonly=True) as store:
                         found = list(store.evaluations())
