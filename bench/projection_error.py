@@ -11,7 +11,10 @@ evaluation (2 shared CPU cores: indicative only).
 
     python bench/projection_error.py [--ks 256,1024,4096,16384] [--seeds 3] [--n 40]
         [--kinds tensor_sketch,khatri_rao,kronecker] [--models digits,resnet,gpt2]
-        [--gpt2 128,4,512,32]
+        [--gpt2 128,4,512,32] [--total-dims none,4096,16384,65536]
+
+Rows are folded to the default ``total_dim`` (2^16) unless ``--total-dims`` gives the widths
+to try (``none``: not folded); the table then gains the unfolded width K and the fold's.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.resnet import ResNet18  # noqa: E402
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness  # noqa: E402
-from monitor.stiffness.inputs import Projection  # noqa: E402
+from monitor.stiffness.inputs import DEFAULT_PROJECTION_TOTAL_DIM, Projection  # noqa: E402
+from monitor.stiffness.projection.projector import Projector  # noqa: E402
 
 
 def _load(path: Path, name: str) -> Any:
@@ -96,28 +100,42 @@ def main() -> None:
     parser.add_argument("--kinds", default="tensor_sketch,khatri_rao,kronecker")
     parser.add_argument("--gpt2", default=",".join(map(str, GPT2_SHAPE)),
                         help="the GPT-2's n_embd,layers,vocabulary,T")
+    parser.add_argument("--total-dims", default=None,
+                        help="fold widths to try, comma-separated; 'none' for no fold")
     args = parser.parse_args()
+    folds: list[int | None] = (
+        [DEFAULT_PROJECTION_TOTAL_DIM]
+        if args.total_dims is None
+        else [None if v == "none" else int(v) for v in args.total_dims.split(",")]
+    )
     GPT2_SHAPE[:] = [int(v) for v in args.gpt2.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     builders = {"digits": digits, "resnet": resnet, "gpt2": gpt2}
     torch.set_num_threads(2)
-    print("| model | P | kind | k | max \\|Δ\\| class matrix | max \\|Δ\\| within | seconds |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    extra, rule = ("K | total_dim | ", "---:|---:|") if args.total_dims else ("", "")
+    print(f"| model | P | kind | k | {extra}max \\|Δ\\| class matrix | max \\|Δ\\| within "
+          "| seconds |")
+    print(f"|---|---:|---|---:|{rule}---:|---:|---:|")
     for name in args.models.split(","):
         model, probe, loss = builders[name](args.n)
         count = sum(p.numel() for p in model.parameters())
         exact = compute_stiffness(model, probe, EngineOptions(loss=loss, batch_size=16))
         assert exact.cosine.within is not None
-        for kind, k in [(kind, k) for kind in args.kinds.split(",") for k in ks]:
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        runs = [(kind, k, fold) for kind in args.kinds.split(",") for k in ks for fold in folds]
+        for kind, k, fold in runs:
             began, worst = time.perf_counter(), (0.0, 0.0)
             for seed in range(args.seeds):
-                projection = Projection(k, seed, kind)
+                projection = Projection(k, seed, kind, fold)
                 options = EngineOptions(loss=loss, batch_size=16, projection=projection)
                 cell, within = errors(exact, compute_stiffness(model, probe, options))
                 worst = (max(worst[0], cell), max(worst[1], within))
             seconds = (time.perf_counter() - began) / args.seeds
+            if args.total_dims:
+                width = Projector(k, 0, shapes, torch.device("cpu"), torch.float32, kind).total
+                extra = f"{width:,} | {'none' if fold is None else f'{fold:,}'} | "
             print(
-                f"| {name} | {count:,} | {kind} | {k} | {worst[0]:.4f} | {worst[1]:.4f} "
+                f"| {name} | {count:,} | {kind} | {k} | {extra}{worst[0]:.4f} | {worst[1]:.4f} "
                 f"| {seconds:.1f} |",
                 flush=True,
             )

@@ -13,7 +13,12 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from monitor.config.quoting import cut, short
 from monitor.config.section import FACTORY_PATTERN, Section, parse_bytes, resolve_path
-from monitor.stiffness.inputs import DEFAULT_PROJECTION_DIM, EngineOptions, Projection
+from monitor.stiffness.inputs import (
+    DEFAULT_PROJECTION_DIM,
+    DEFAULT_PROJECTION_TOTAL_DIM,
+    EngineOptions,
+    Projection,
+)
 
 
 class ModelConfig(Section):
@@ -92,15 +97,19 @@ class ProbeConfig(Section):
 class ProjectionConfig(Section):
     """``stiffness.projection``: per-example gradients projected to at most ``dim``
     dimensions per parameter, matrices drawn from ``seed``, outer-product gradients the
-    ``kind`` way (docs/precision.md)."""
+    ``kind`` way, and the whole row folded to at most ``total_dim`` values (null: not
+    folded; docs/precision.md)."""
 
     dim: int = Field(DEFAULT_PROJECTION_DIM, ge=1)
     seed: int = Field(0, ge=0)
     kind: Literal["tensor_sketch", "khatri_rao", "kronecker"] = "tensor_sketch"
+    total_dim: int | None = Field(DEFAULT_PROJECTION_TOTAL_DIM, ge=1)
 
-    @field_validator("dim", "seed", mode="before")
+    @field_validator("dim", "seed", "total_dim", mode="before")
     @classmethod
-    def _whole(cls, value: Any) -> Any:
+    def _whole(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name == "total_dim":
+            return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected a whole number, got {short(value)}")
         return value
@@ -149,6 +158,11 @@ class StiffnessConfig(Section):
             projection=(
                 None
                 if self.projection is None
-                else Projection(self.projection.dim, self.projection.seed, self.projection.kind)
+                else Projection(
+                    self.projection.dim,
+                    self.projection.seed,
+                    self.projection.kind,
+                    self.projection.total_dim,
+                )
             ),
         )

@@ -22,9 +22,10 @@ from monitor.distributed.sharded import ParameterSharded
 from monitor.distributed.shares import example_spans, literal_pattern, parameter_shares
 from monitor.errors import EngineError
 from monitor.stiffness import compute_stiffness
-from monitor.stiffness.inputs import EngineOptions, ProbeSet
+from monitor.stiffness.inputs import EngineOptions, ProbeSet, Projection
 from monitor.stiffness.outputs import DEFAULT_OUTPUT, OutputSpec
-from monitor.stiffness.parameters import is_sharded, select_parameters
+from monitor.stiffness.parameters import ParameterSelection, is_sharded, select_parameters
+from monitor.stiffness.projection.projector import unfolded_width
 from monitor.stiffness.result import StiffnessResult
 
 Split = Literal["examples", "parameters", "fsdp"]
@@ -74,9 +75,27 @@ class DistributedEngine:
         selection = select_parameters(model, options.include, options.exclude)
         sizes = [int(selection.params[name].numel()) for name in selection.names]
         share = parameter_shares(selection.names, sizes, group.world_size)[group.rank]
-        mine = replace(options, include=tuple(literal_pattern(n) for n in share), exclude=())
+        mine = replace(
+            options,
+            include=tuple(literal_pattern(n) for n in share),
+            exclude=(),
+            projection=_share_projection(options.projection, selection),
+        )
         result = compute_stiffness(
             model, probe, mine, device, output=output, runner=ParameterSharded(group)
         )
         # The engine counted this rank's share; the numbers are over the whole selection.
         return replace(result, counts=replace(result.counts, parameters=selection.numel))
+
+
+def _share_projection(
+    projection: Projection | None, selection: ParameterSelection
+) -> Projection | None:
+    """A rank's projection of its share: folded exactly when the whole selection's rows
+    would be (then the ranks sum their folded rows, ``ParameterSharded``), never otherwise."""
+    if projection is None or projection.total_dim is None:
+        return projection
+    shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
+    if unfolded_width(projection.dim, projection.kind, shapes) <= projection.total_dim:
+        return replace(projection, total_dim=None)
+    return replace(projection, fold_always=True)

@@ -14,6 +14,13 @@ gradient cache fall with R. What it does not: every rank holds the whole model a
 whole forward and backward pass (activations and output gradients), and in pair mode the
 (N, N) Gram. It is slower than one process (the forward and backward are not divided, and
 class mode runs them twice); it is for class sums or gradient rows too large for one device.
+
+Projection mode with a fold (``stiffness.projection.total_dim``) is the exception: a folded
+row mixes every parameter's coordinates, so products of the ranks' partial folded rows miss
+the terms between ranks. There each chunk's folded rows (b × total_dim) are summed over the
+ranks instead (``SummedRows``), which gives every rank the one-process row, and every rank
+runs the ordinary mode on them; what is divided is the projection of the per-example
+gradients, and the class sums are already bounded by the fold.
 """
 
 from __future__ import annotations
@@ -27,9 +34,16 @@ from monitor.stiffness.class_mode import (
     classmate_dots,
     within_errors,
 )
-from monitor.stiffness.gradients import ChunkStream, ExampleStats, GradientChunk, dot64
+from monitor.stiffness.gradients import (
+    ChunkStream,
+    ExampleStats,
+    GradientChunk,
+    GradientProvider,
+    dot64,
+)
 from monitor.stiffness.inputs import EngineOptions
 from monitor.stiffness.layout import ModeResult, ProbeLayout
+from monitor.stiffness.modes import run_mode
 from monitor.stiffness.pair_mode import DEFAULT_CACHE_BYTES, gram_matrix, pair_mode_result
 
 
@@ -53,6 +67,25 @@ def full_norms(group: ProcessGroup, stats: ExampleStats) -> None:
     stats.norms = squares.sqrt()
 
 
+class SummedRows:
+    """A provider whose chunks' rows are summed over the ranks: each rank's folded projection
+    of its share of the parameters, added up into the whole folded row (``Projector``)."""
+
+    def __init__(self, inner: GradientProvider, group: ProcessGroup) -> None:
+        self.inner, self.group = inner, group
+        self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def __call__(self, start: int, stop: int) -> GradientChunk:
+        chunk = self.inner(start, stop)
+        assert isinstance(chunk.grads, torch.Tensor), "projected rows are a matrix"
+        rows = self.group.sum_(chunk.grads, "folded projected rows")
+        return GradientChunk(start, stop, rows, chunk.losses, chunk.correct)
+
+
 class ParameterSharded:
     """Runs class or pair mode over this rank's parameters on every example, then sums."""
 
@@ -67,6 +100,14 @@ class ParameterSharded:
         stats: ExampleStats,
         inputs: torch.Tensor,
     ) -> ModeResult:
+        if options.projection is not None and options.projection.fold_always:
+            summed = ChunkStream(
+                SummedRows(stream.provider, self.group),
+                stream.batch_size,
+                stream.initial_batch_size,
+            )
+            with no_retry():
+                return run_mode(options, summed, layout, stats, inputs)
         if options.mode == "class":
             return self._class(options, stream, layout, stats)
         limit = options.memory_limit

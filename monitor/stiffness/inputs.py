@@ -21,6 +21,9 @@ ProjectionKind = Literal["khatri_rao", "kronecker", "tensor_sketch"]
 PROJECTION_KINDS = ("khatri_rao", "kronecker", "tensor_sketch")
 #: Projected dimensions per parameter when a projection names none (docs/precision.md).
 DEFAULT_PROJECTION_DIM = 4096
+#: Values per projected row, the per-parameter rows folded together, when a projection names
+#: no ``total_dim`` (docs/precision.md); None (``total_dim: null``) keeps them unfolded.
+DEFAULT_PROJECTION_TOTAL_DIM = 2**17
 
 
 @dataclass(frozen=True)
@@ -30,16 +33,29 @@ class Projection:
     Embedding) gradients are projected: a TensorSketch (count sketch with hashed rows and
     columns, formed by FFT: the cheapest and, measured, the most accurate), row-wise
     Kronecker (Khatri-Rao, dense Gaussian rows, costly for wide layers) or LoGra's Kronecker
-    P_out G P_inᵀ (cheap, but its error falls as k^(-1/4)). docs/precision.md compares them."""
+    P_out G P_inᵀ (cheap, but its error falls as k^(-1/4)). docs/precision.md compares them.
+    ``total_dim`` folds the per-parameter rows into one row of at most that many values (a
+    seeded count sketch), so memory is bounded by it whatever the number of parameter
+    tensors; None keeps every parameter's rows apart."""
 
     dim: int = DEFAULT_PROJECTION_DIM
     seed: int = 0
     kind: ProjectionKind = "tensor_sketch"
+    total_dim: int | None = DEFAULT_PROJECTION_TOTAL_DIM
+    #: Fold even a row narrower than ``total_dim``: set by the parameter split, whose ranks
+    #: each project a share of the parameters and must fold when the whole would.
+    fold_always: bool = False
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.seed < 0 or self.kind not in PROJECTION_KINDS:
+        if (
+            self.dim < 1
+            or self.seed < 0
+            or self.kind not in PROJECTION_KINDS
+            or (self.total_dim is not None and self.total_dim < 1)
+        ):
             raise ValueError(
-                f"projection needs dim >= 1, seed >= 0 and kind in {PROJECTION_KINDS}, got {self}"
+                f"projection needs dim >= 1, seed >= 0, total_dim >= 1 or None and kind in "
+                f"{PROJECTION_KINDS}, got {self}"
             )
 
 

@@ -9,7 +9,11 @@ import pytest
 
 from monitor.config.schema import load_config
 from monitor.errors import ConfigError
-from monitor.stiffness.inputs import DEFAULT_PROJECTION_DIM, Projection
+from monitor.stiffness.inputs import (
+    DEFAULT_PROJECTION_DIM,
+    DEFAULT_PROJECTION_TOTAL_DIM,
+    Projection,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -29,9 +33,15 @@ def test_round_trip(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text))
     assert config.stiffness.engine_options().projection == Projection(256, 9, "kronecker")
     dumped = config.stiffness.model_dump()["projection"]
-    assert dumped == {"dim": 256, "seed": 9, "kind": "kronecker"}
+    default_fold = DEFAULT_PROJECTION_TOTAL_DIM
+    assert dumped == {"dim": 256, "seed": 9, "kind": "kronecker", "total_dim": default_fold}
+    for value, total_dim in (("1000", 1000), ("null", None)):
+        folded = f"probe: {{path: p.pt}}\nstiffness: {{projection: {{total_dim: {value}}}}}\n"
+        config = load_config(write(tmp_path, folded))
+        expected = Projection(DEFAULT_PROJECTION_DIM, 0, "tensor_sketch", total_dim)
+        assert config.stiffness.engine_options().projection == expected
     empty = load_config(write(tmp_path, "probe: {path: p.pt}\nstiffness: {projection: {}}\n"))
-    default = Projection(DEFAULT_PROJECTION_DIM, 0, "tensor_sketch")
+    default = Projection(DEFAULT_PROJECTION_DIM, 0, "tensor_sketch", DEFAULT_PROJECTION_TOTAL_DIM)
     assert empty.stiffness.engine_options().projection == default
 
 
@@ -45,6 +55,9 @@ def test_round_trip(tmp_path: Path) -> None:
         ("{seed: -1}", "stiffness.projection.seed"),
         ("{dims: 4}", "stiffness.projection.dims: unknown key"),
         ("{kind: sparse}", "stiffness.projection.kind"),
+        ("{total_dim: 0}", "stiffness.projection.total_dim"),
+        ("{total_dim: 1.5}", "stiffness.projection.total_dim"),
+        ("{dim: null}", "stiffness.projection.dim"),
         ("256", "stiffness.projection"),
     ],
 )

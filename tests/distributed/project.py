@@ -62,6 +62,7 @@ stiffness:
   device: {device}
   batch_size: 5
   uncertainty: {uncertainty}
+  projection: {projection}
 runs:
   - name: tiny
     path: checkpoints
@@ -73,9 +74,18 @@ class Project:
     root: Path
     checkpoint: Path
 
-    def config(self, mode: str, uncertainty: bool = True, device: str = "cpu") -> Path:
-        path = self.root / f"config-{mode}-{device}.yaml"
-        text = CONFIG.format(mode=mode, uncertainty=str(uncertainty).lower(), device=device)
+    def config(
+        self, mode: str, uncertainty: bool = True, device: str = "cpu", projection: str = "null"
+    ) -> Path:
+        """The config; ``projection`` is ``stiffness.projection``'s YAML (null: exact)."""
+        tag = "" if projection == "null" else f"-projected-{abs(hash(projection))}"
+        path = self.root / f"config-{mode}-{device}{tag}.yaml"
+        text = CONFIG.format(
+            mode=mode,
+            uncertainty=str(uncertainty).lower(),
+            device=device,
+            projection=projection,
+        )
         path.write_text(text)
         return path
 

@@ -86,9 +86,15 @@ def assert_reference(got: dict[str, Any], ref: Reference) -> None:
 
 
 def evaluate(
-    project: Project, ranks: int, mode: str, *flags: str, device: str = "cpu"
+    project: Project,
+    ranks: int,
+    mode: str,
+    *flags: str,
+    device: str = "cpu",
+    projection: str = "null",
 ) -> dict[str, Any]:
-    config = project.config(mode, device=device)
+    """torchrun's JSON, checked equal to one process and, when exact, to the reference."""
+    config = project.config(mode, device=device, projection=projection)
     ran = torchrun(ranks, "evaluate", "-c", config, project.checkpoint, "--json", *flags)
     assert ran.returncode == 0, ran.stderr[-3000:]
     lines = ran.stdout.strip().splitlines()
@@ -98,7 +104,8 @@ def evaluate(
     if device != "cpu":  # rank 0 names its GPU (cuda:0), one process the device asked for
         want["device"] = got["device"]
     assert_same(got, want)
-    assert_reference(got, reference(config, project.checkpoint))
+    if projection == "null":
+        assert_reference(got, reference(config, project.checkpoint))
     return got
 
 
@@ -112,6 +119,21 @@ def test_examples_split_equals_one_process(project: Project, mode: str, ranks: i
 def test_parameter_split_equals_one_process(project: Project, mode: str, ranks: int) -> None:
     got = evaluate(project, ranks, mode, "--split", "parameters")
     assert got["counts"]["parameters"] == 3 * 9 + 3 + 48 * 8 + 8 + 8 * 3 + 3
+
+
+#: K = 16 + 3 + 16 + 8 + 16 + 3 = 62 projected values folded into 24: a fold mixes every
+#: parameter, so the parameter split must sum its ranks' folded rows to equal one process.
+FOLDED = "{dim: 16, seed: 3, total_dim: 24}"
+
+
+@pytest.mark.parametrize(
+    ("split", "mode"),
+    [("examples", "class"), ("parameters", "class"), ("parameters", "pair"), ("fsdp", "class")],
+)
+def test_folded_projection_equals_one_process(project: Project, split: str, mode: str) -> None:
+    got = evaluate(project, 2, mode, "--split", split, projection=FOLDED)
+    exact = one_process(project.config(mode), project.checkpoint)
+    assert got["cosine"]["matrix"] != exact["cosine"]["matrix"]  # it did project
 
 
 @pytest.mark.gpu

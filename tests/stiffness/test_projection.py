@@ -24,6 +24,7 @@ from monitor.stiffness.layers.rows import FactoredRows
 from monitor.stiffness.parameters import select_parameters
 from monitor.stiffness.projection import ProjectedGradients, tensor_sketch
 from monitor.stiffness.projection.matrices import Matrices, split
+from monitor.stiffness.projection.projector import Projector
 
 N, CLASSES = 24, 3
 
@@ -66,12 +67,14 @@ def projected_gram(
     seed: int,
     backend: str = "auto",
     kind: ProjectionKind = "khatri_rao",
+    total_dim: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     selection = select_parameters(model, (), ())
     inner = gradient_provider(
         model, selection, data.inputs, data.targets, torch.device("cpu"), backend=backend
     )
-    rows = ProjectedGradients(inner, selection, Projection(dim, seed, kind))(0, N).grads
+    projection = Projection(dim, seed, kind, total_dim)
+    rows = ProjectedGradients(inner, selection, projection)(0, N).grads
     assert isinstance(rows, torch.Tensor)
     return rows, dot64(rows, rows)
 
@@ -276,6 +279,75 @@ def test_conv_and_gpt2_layers_project_from_factors() -> None:
     assert 0 < matrix_error(exact, near) < 0.5
 
 
+@pytest.mark.parametrize("backend", ["hooks", "vmap"])
+def test_fold_is_a_count_sketch_of_the_unfolded_row(backend: str) -> None:
+    """``total_dim`` w: the folded row equals the unfolded (b, K) row times the dense (w, K)
+    matrix with one ±1 per column at the fold's bucket, and is w wide."""
+    model, data = mlp(), probe()
+    unfolded, _ = projected_gram(model, data, 40, 3, backend, "tensor_sketch")
+    folded, _ = projected_gram(model, data, 40, 3, backend, "tensor_sketch", total_dim=50)
+    selection = select_parameters(model, (), ())
+    shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
+    projector = Projector(40, 3, shapes, torch.device("cpu"), torch.float32, total_dim=50)
+    index = torch.cat([projector.fold_hashes(name).in_index for name in shapes])
+    sign = torch.cat([projector.fold_hashes(name).in_sign for name in shapes])
+    dense = torch.zeros(50, unfolded.shape[1])
+    dense[index, torch.arange(unfolded.shape[1])] = sign
+    assert folded.shape == (N, 50) and unfolded.shape[1] > 50
+    torch.testing.assert_close(folded, unfolded @ dense.T, rtol=1e-5, atol=1e-6)
+    assert len(set(index.tolist())) > 40  # the buckets spread over the width
+    # A subset's fold (as one rank of the parameter split forms it) is its share of the
+    # whole fold: the two halves' folded rows add up to the whole row.
+    raw = gradient_provider(
+        model, selection, data.inputs, data.targets, torch.device("cpu"), backend="vmap"
+    )(0, N).grads
+    assert isinstance(raw, torch.Tensor)
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    columns = torch.arange(raw.shape[1]).split(sizes)
+    summed = torch.zeros(N, 50)
+    for half in (slice(0, 4), slice(4, None)):  # the second's K (43) < 50: fold_always
+        names = list(shapes)[half]
+        part = Projector(40, 3, {n: shapes[n] for n in names}, torch.device("cpu"),
+                         torch.float32, total_dim=50, fold_always=True)  # fmt: skip
+        summed += part.rows(raw[:, torch.cat(columns[half])])
+    torch.testing.assert_close(summed, projector.rows(raw), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_wide_enough_is_no_fold_and_folded_is_unbiased() -> None:
+    model, data = mlp(), probe()
+    unfolded, _ = projected_gram(model, data, 16, 1, kind="tensor_sketch")
+    same, _ = projected_gram(model, data, 16, 1, kind="tensor_sketch", total_dim=10**6)
+    assert torch.equal(unfolded, same)
+    exact = exact_gram(model, data)
+    draws = torch.stack([
+        projected_gram(model, data, 16, s, kind="tensor_sketch", total_dim=24)[1]
+        for s in range(60)
+    ])  # fmt: skip
+    mean, sd = draws.mean(0), draws.std(0)
+    z = (mean - exact).abs() / (sd / math.sqrt(draws.shape[0]) + 1e-12)
+    assert float(z.max()) < 5.0 and float(sd.max()) > 0
+
+
+@pytest.mark.parametrize("mode", ["class", "pair"])
+def test_folded_engine_bounds_the_row_and_stays_close(mode: str) -> None:
+    """Class and pair mode through the engine: rows of total_dim values, and the class
+    matrix error grows as the fold narrows (k = 400 keeps every tensor: K = P = 715)."""
+    model, data = mlp(), probe()
+    exact = compute_stiffness(model, data, EngineOptions(mode=mode))  # type: ignore[arg-type]
+
+    def error(total_dim: int | None) -> float:
+        worst = 0.0
+        for seed in range(6):
+            projection = Projection(400, seed, "tensor_sketch", total_dim)
+            options = EngineOptions(mode=mode, projection=projection)  # type: ignore[arg-type]
+            worst = max(worst, matrix_error(exact, compute_stiffness(model, data, options)))
+        return worst
+
+    assert error(None) == pytest.approx(0.0, abs=1e-5)
+    wide, narrow = error(512), error(16)
+    assert 0 < wide < narrow, (wide, narrow)
+
+
 def test_bad_projection_options() -> None:
     with pytest.raises(ValueError, match="dim >= 1"):
         Projection(0)
@@ -283,3 +355,5 @@ def test_bad_projection_options() -> None:
         Projection(4, -1)
     with pytest.raises(ValueError, match="kind in"):
         Projection(4, 0, "sparse")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="total_dim >= 1"):
+        Projection(4, 0, "tensor_sketch", 0)

@@ -17,6 +17,15 @@ Per selected parameter of n values, with ``dim`` k:
 The same parameter gets the same projection whichever backend formed its gradient (the
 factor layout of a weight is its (shape[0], rest) view), so the hook backend, vmap and the
 loop agree up to rounding.
+
+With ``total_dim`` w (by default 2^17), the per-parameter rows (K = Σ width values) are
+folded into one row of w: a seeded count sketch of the K-vector (each projected coordinate
+to one of w buckets with a random sign), summed part by part so (b, K) is never held. Each
+parameter's buckets are seeded by its name, not its place in the row, so the fold of a
+subset of the parameters is that subset's share of the whole fold (the parameter split sums
+its ranks' folded rows into exactly the one-process row). It is unbiased like every stage
+before it, and bounds a row at w whatever the number of parameters, so class sums take
+O(C·w) and cached pair-mode rows O(N·w), at the cost of more collisions.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from monitor.stiffness.layers.rows import FactoredRows, ParamBlock
 from monitor.stiffness.layers.uses import Factors
 from monitor.stiffness.projection.khatri_rao import khatri_rao_dense, khatri_rao_outer
 from monitor.stiffness.projection.matrices import Matrices, split
-from monitor.stiffness.projection.tensor_sketch import sketch_dense, sketch_outer
+from monitor.stiffness.projection.tensor_sketch import Hashes, sketch_dense, sketch_outer
 
 
 class Projector:
@@ -44,9 +53,13 @@ class Projector:
         device: torch.device,
         dtype: torch.dtype,
         kind: str = "tensor_sketch",
+        total_dim: int | None = None,
+        fold_always: bool = False,
     ) -> None:
         self.dim, self.shapes, self.kind = dim, shapes, kind
         self.matrices = Matrices(seed, device, dtype)
+        folds = total_dim is not None and (fold_always or self.unfolded > total_dim)
+        self.fold: int | None = total_dim if folds else None
 
     def width(self, name: str) -> int:
         """The projected width of one parameter."""
@@ -60,21 +73,48 @@ class Projector:
         return self.dim
 
     @property
-    def total(self) -> int:
-        """K: the width of a projected row."""
+    def unfolded(self) -> int:
+        """K: the width of the per-parameter rows, before any fold."""
         return sum(self.width(name) for name in self.shapes)
 
+    @property
+    def total(self) -> int:
+        """The width of a projected row: K, or ``total_dim`` when the rows are folded."""
+        return self.unfolded if self.fold is None else self.fold
+
+    def fold_hashes(self, name: str) -> Hashes:
+        """The fold's buckets (``in_index``) and signs (``in_sign``) of one parameter's
+        projected coordinates, seeded by its name and width."""
+        assert self.fold is not None, "only a folded projection has fold hashes"
+        return self.matrices.hashes(f"{name}|fold", (1, self.width(name)), self.fold)
+
     def rows(self, grads: Rows) -> torch.Tensor:
-        """(b, K) projected rows of a (b, P) matrix or of factored rows."""
+        """(b, total) projected rows of a (b, P) matrix or of factored rows."""
         if isinstance(grads, FactoredRows):
-            parts = [self.block(block) for block in grads.blocks]
+            parts = ((block.name, self.block(block)) for block in grads.blocks)
         else:
-            parts, start = [], 0
-            for name, shape in self.shapes.items():
-                n = math.prod(shape)
-                parts.append(self.dense(name, grads[:, start : start + n]))
-                start += n
-        return torch.cat(parts, dim=1)
+            parts = (
+                (name, self.dense(name, grads[:, start : start + math.prod(shape)]))
+                for name, shape, start in self._spans()
+            )
+        if self.fold is None:
+            return torch.cat([part for _, part in parts], dim=1)
+        out: torch.Tensor | None = None
+        for name, part in parts:  # each part folded as it comes: (b, K) is never held
+            hashes = self.fold_hashes(name)
+            if out is None:
+                out = part.new_zeros(part.shape[0], self.fold)
+            out.index_add_(-1, hashes.in_index, part * hashes.in_sign.to(part.dtype))
+        assert out is not None, "a projection has at least one parameter"
+        return out
+
+    def _spans(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(name, shape, first column) of each selected parameter in a (b, P) row."""
+        spans, start = [], 0
+        for name, shape in self.shapes.items():
+            spans.append((name, shape, start))
+            start += math.prod(shape)
+        return spans
 
     def block(self, block: ParamBlock) -> torch.Tensor:
         """One parameter's projected rows from the hook backend's uses: from their factors
@@ -140,3 +180,9 @@ class Projector:
                 g = torch.matmul(g, p_in.T)  # (b, k_out, cols) @ (cols, k_in)
             return g.reshape(values.shape[0], -1)
         return self.matrices.dense(name, values, self.dim)
+
+
+def unfolded_width(dim: int, kind: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    """K, the width of the per-parameter rows of these parameters before any fold (nothing
+    is drawn: widths depend on the shapes only)."""
+    return Projector(dim, 0, shapes, torch.device("cpu"), torch.float32, kind).unfolded

@@ -25,7 +25,7 @@ class ProjectedGradients:
         shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
         self.projector = Projector(
             projection.dim, projection.seed, shapes, inner.device, selection.dtype,
-            projection.kind,
+            projection.kind, projection.total_dim, projection.fold_always,
         )  # fmt: skip
         self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
 
