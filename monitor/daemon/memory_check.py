@@ -36,8 +36,7 @@ def class_memory_warning(config: MonitorConfig, model: nn.Module, probe: ProbeSe
         return None  # no parameter selected: the evaluation says so
     projection = stiffness.projection
     if projection is not None:
-        shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
-        unfolded = unfolded_width(projection.dim, projection.kind, shapes)
+        unfolded = unfolded_width(projection.dim, projection.kind, selection.shapes)
         width = min(unfolded, projection.total_dim or unfolded)
         need = class_sums_bytes(width, probe)
         if need <= limit:

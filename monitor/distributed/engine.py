@@ -95,7 +95,6 @@ def _share_projection(
     would be (then the ranks sum their folded rows, ``ParameterSharded``), never otherwise."""
     if projection is None or projection.total_dim is None:
         return projection
-    shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
-    if unfolded_width(projection.dim, projection.kind, shapes) <= projection.total_dim:
+    if unfolded_width(projection.dim, projection.kind, selection.shapes) <= projection.total_dim:
         return replace(projection, total_dim=None)
     return replace(projection, fold_always=True)

@@ -38,6 +38,12 @@ class ParameterSelection:
         first = self.params[self.names[0]]
         return torch.float64 if first.dtype == torch.float64 else torch.float32
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each selected weight's (global, for a sharded one) shape, in ``names`` order:
+        what a projection's widths and seeds depend on."""
+        return {name: tuple(self.params[name].shape) for name in self.names}
+
 
 def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """True when ``name`` matches an include glob (any, if none are given) and no exclude."""

@@ -287,7 +287,7 @@ def test_fold_is_a_count_sketch_of_the_unfolded_row(backend: str) -> None:
     unfolded, _ = projected_gram(model, data, 40, 3, backend, "tensor_sketch")
     folded, _ = projected_gram(model, data, 40, 3, backend, "tensor_sketch", total_dim=50)
     selection = select_parameters(model, (), ())
-    shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
+    shapes = selection.shapes
     projector = Projector(40, 3, shapes, torch.device("cpu"), torch.float32, total_dim=50)
     index = torch.cat([projector.fold_hashes(name).in_index for name in shapes])
     sign = torch.cat([projector.fold_hashes(name).in_sign for name in shapes])

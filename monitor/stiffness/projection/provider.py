@@ -22,7 +22,7 @@ class ProjectedGradients:
         self, inner: GradientProvider, selection: ParameterSelection, projection: Projection
     ) -> None:
         self.inner = inner
-        shapes = {name: tuple(selection.params[name].shape) for name in selection.names}
+        shapes = selection.shapes
         self.projector = Projector(
             projection.dim, projection.seed, shapes, inner.device, selection.dtype,
             projection.kind, projection.total_dim, projection.fold_always,
