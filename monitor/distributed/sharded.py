@@ -39,6 +39,8 @@ from monitor.stiffness.gradients import (
     ExampleStats,
     GradientChunk,
     GradientProvider,
+    MappedRows,
+    Rows,
     dot64,
 )
 from monitor.stiffness.inputs import EngineOptions
@@ -67,23 +69,17 @@ def full_norms(group: ProcessGroup, stats: ExampleStats) -> None:
     stats.norms = squares.sqrt()
 
 
-class SummedRows:
+class SummedRows(MappedRows):
     """A provider whose chunks' rows are summed over the ranks: each rank's folded projection
     of its share of the parameters, added up into the whole folded row (``Projector``)."""
 
     def __init__(self, inner: GradientProvider, group: ProcessGroup) -> None:
-        self.inner, self.group = inner, group
-        self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
+        super().__init__(inner)
+        self.group = group
 
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def __call__(self, start: int, stop: int) -> GradientChunk:
-        chunk = self.inner(start, stop)
-        assert isinstance(chunk.grads, torch.Tensor), "projected rows are a matrix"
-        rows = self.group.sum_(chunk.grads, "folded projected rows")
-        return GradientChunk(start, stop, rows, chunk.losses, chunk.correct)
+    def map_rows(self, rows: Rows) -> torch.Tensor:
+        assert isinstance(rows, torch.Tensor), "projected rows are a matrix"
+        return self.group.sum_(rows, "folded projected rows")
 
 
 class ParameterSharded:

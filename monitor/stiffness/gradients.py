@@ -58,6 +58,29 @@ class GradientProvider(Protocol):
     def __call__(self, start: int, stop: int) -> GradientChunk: ...
 
 
+class MappedRows:
+    """A provider whose chunks are ``inner``'s with the rows replaced by ``map_rows(rows)``
+    (a projection, a sum over ranks). ``device`` and ``example_bytes`` are the inner
+    provider's: the inner chunk is formed first, so it is what bounds a chunk's memory."""
+
+    def __init__(self, inner: GradientProvider) -> None:
+        self.inner = inner
+        self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def map_rows(self, rows: Rows) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, start: int, stop: int) -> GradientChunk:
+        chunk = self.inner(start, stop)
+        with torch.no_grad():
+            rows = self.map_rows(chunk.grads)
+        return GradientChunk(start, stop, rows, chunk.losses, chunk.correct)
+
+
 def _synchronize(device: torch.device) -> None:
     """Wait for queued kernels so timings measure the work, not the launch."""
     if device.type == "cuda":

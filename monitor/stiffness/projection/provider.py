@@ -1,7 +1,8 @@
 """``ProjectedGradients``: any gradient provider, its chunks' rows projected (``projector``).
 
-The modes see a provider like any other whose chunks hold (b, K) rows: class sums become
-(sets·C, K), pair mode's panels (b, K) per chunk, and every number (norms, cosines, signs,
+The modes see a provider like any other whose chunks hold (b, K) rows (K the projected
+width, at most ``total_dim`` when folded): class sums become (sets·C, K), pair mode's panels
+(b, K) per chunk, and every number (norms, cosines, signs,
 the zero-norm rule) is computed from the projected vectors.
 """
 
@@ -9,35 +10,26 @@ from __future__ import annotations
 
 import torch
 
-from monitor.stiffness.gradients import GradientChunk, GradientProvider
+from monitor.stiffness.gradients import GradientProvider, MappedRows, Rows
 from monitor.stiffness.inputs import Projection
 from monitor.stiffness.parameters import ParameterSelection
 from monitor.stiffness.projection.projector import Projector
 
 
-class ProjectedGradients:
-    """Wraps ``inner``; ``example_bytes`` passes through (the inner chunk is formed first)."""
+class ProjectedGradients(MappedRows):
+    """Wraps ``inner``; its chunks' rows projected by ``projector``."""
 
     def __init__(
         self, inner: GradientProvider, selection: ParameterSelection, projection: Projection
     ) -> None:
-        self.inner = inner
-        shapes = selection.shapes
+        super().__init__(inner)
         self.projector = Projector(
-            projection.dim, projection.seed, shapes, inner.device, selection.dtype,
+            projection.dim, projection.seed, selection.shapes, inner.device, selection.dtype,
             projection.kind, projection.total_dim, projection.fold_always,
         )  # fmt: skip
-        self.example_bytes = int(getattr(inner, "example_bytes", 0) or 0)
 
-    @property
-    def device(self) -> torch.device:
-        return self.inner.device
-
-    def __call__(self, start: int, stop: int) -> GradientChunk:
-        chunk = self.inner(start, stop)
-        with torch.no_grad():
-            rows = self.projector.rows(chunk.grads)
-        return GradientChunk(start, stop, rows, chunk.losses, chunk.correct)
+    def map_rows(self, rows: Rows) -> torch.Tensor:
+        return self.projector.rows(rows)
 
 
 def projected(
