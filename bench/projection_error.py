@@ -13,7 +13,7 @@ evaluation (2 shared CPU cores: indicative only).
         [--kinds tensor_sketch,khatri_rao,kronecker] [--models digits,resnet,gpt2]
         [--gpt2 128,4,512,32] [--total-dims none,4096,16384,65536]
 
-Rows are folded to the default ``total_dim`` (2^16) unless ``--total-dims`` gives the widths
+Rows are folded to the default ``total_dim`` (2^17) unless ``--total-dims`` gives the widths
 to try (``none``: not folded); the table then gains the unfolded width K and the fold's.
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.resnet import ResNet18  # noqa: E402
 from monitor.stiffness import EngineOptions, ProbeSet, compute_stiffness  # noqa: E402
 from monitor.stiffness.inputs import DEFAULT_PROJECTION_TOTAL_DIM, Projection  # noqa: E402
-from monitor.stiffness.projection.projector import Projector  # noqa: E402
+from monitor.stiffness.projection.projector import unfolded_width  # noqa: E402
 
 
 def _load(path: Path, name: str) -> Any:
@@ -132,7 +132,7 @@ def main() -> None:
                 worst = (max(worst[0], cell), max(worst[1], within))
             seconds = (time.perf_counter() - began) / args.seeds
             if args.total_dims:
-                width = Projector(k, 0, shapes, torch.device("cpu"), torch.float32, kind).total
+                width = unfolded_width(k, kind, shapes)
                 extra = f"{width:,} | {'none' if fold is None else f'{fold:,}'} | "
             print(
                 f"| {name} | {count:,} | {kind} | {k} | {extra}{worst[0]:.4f} | {worst[1]:.4f} "

@@ -77,11 +77,6 @@ class Projector:
         """K: the width of the per-parameter rows, before any fold."""
         return sum(self.width(name) for name in self.shapes)
 
-    @property
-    def total(self) -> int:
-        """The width of a projected row: K, or ``total_dim`` when the rows are folded."""
-        return self.unfolded if self.fold is None else self.fold
-
     def fold_hashes(self, name: str) -> Hashes:
         """The fold's buckets (``in_index``) and signs (``in_sign``) of one parameter's
         projected coordinates, seeded by its name and width."""
@@ -89,7 +84,8 @@ class Projector:
         return self.matrices.hashes(f"{name}|fold", (1, self.width(name)), self.fold)
 
     def rows(self, grads: Rows) -> torch.Tensor:
-        """(b, total) projected rows of a (b, P) matrix or of factored rows."""
+        """(b, K) projected rows of a (b, P) matrix or of factored rows; (b, ``fold``) when
+        folded."""
         if isinstance(grads, FactoredRows):
             parts = ((block.name, self.block(block)) for block in grads.blocks)
         else:
